@@ -1,0 +1,194 @@
+"""The CAM methods: each one only says how it weights a layer's channels.
+
+Definitions follow pytorch-grad-cam 1.5 wherever the two agree; each deliberate
+difference is stated in the class docstring and pinned by a test.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .engine import BaseCAM, _PerturbationMixin, _Source, scores_on_copies
+
+__all__ = [
+    "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM", "EigenGradCAM",
+    "ScoreCAM", "AblationCAM", "METHODS", "get_method", "first_component",
+]
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): channels weighted by their spatially averaged gradient."""
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return torch.einsum("nc,nchw->nhw", gradients.mean((2, 3)), activations)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018) with the usual exponential-score closed form."""
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        grads_2 = gradients.pow(2)
+        grads_3 = grads_2 * gradients
+        total = activations.sum((2, 3), keepdim=True)
+        alpha = grads_2 / (2 * grads_2 + total * grads_3 + 1e-6)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        weights = (gradients.relu() * alpha).sum((2, 3))
+        return torch.einsum("nc,nchw->nhw", weights, activations)
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al. 2020): gradients weighted by the normalised activations."""
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        total = activations.sum((2, 3), keepdim=True)
+        weights = (gradients * activations / (total + 1e-7)).sum((2, 3))
+        return torch.einsum("nc,nchw->nhw", weights, activations)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos & Carin 2020): element-wise gradient times activation, summed over channels."""
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return (gradients * activations).sum(1)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al. 2021): positive gradients times activations, summed over channels."""
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return (gradients.relu() * activations).sum(1)
+
+
+def first_component(features: Tensor, reference: Tensor) -> Tensor:
+    """Projection of ``[N, C, h, w]`` features on their first principal component -> ``[N, h, w]``.
+
+    The sign of a singular vector is arbitrary (it flips between model sizes and
+    LAPACK builds). We fix it so that the projection correlates positively with
+    ``reference`` ``[N, h, w]`` (where the evidence is), falling back to making
+    the largest-magnitude entry positive when the correlation is exactly zero.
+    """
+    n, c, h, w = features.shape
+    flat = features.flatten(2).transpose(1, 2).float()  # [N, hw, C]
+    flat = flat - flat.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    projection = (flat @ vh[:, 0, :, None])[..., 0]  # [N, hw]
+    return (projection * _sign(projection, reference.flatten(1).float())[:, None]).view(n, h, w)
+
+
+def _sign(projection: Tensor, reference: Tensor) -> Tensor:
+    agreement = (projection * (reference - reference.mean(1, keepdim=True))).sum(1)
+    peak = projection.gather(1, projection.abs().argmax(1, keepdim=True))[:, 0]
+    sign = torch.where(agreement != 0, agreement.sign(), peak.sign())
+    return torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+class EigenCAM(BaseCAM):
+    """EigenCAM (Muhammad & Yeasin 2020): first principal component of the activations.
+
+    Gradient-free and class-agnostic: one map per image, repeated for each target.
+    Differs from pytorch-grad-cam in the sign: theirs is whatever the SVD returns,
+    ours points towards the channel-mean activation (see :func:`first_component`).
+    """
+
+    needs_gradients = False
+
+    def cam_from_activations(self, activations: Tensor) -> Tensor:
+        return first_component(activations, activations.mean(1))
+
+
+class EigenGradCAM(BaseCAM):
+    """EigenGradCAM: first principal component of gradient times activation, per target.
+
+    Sign fixed towards the HiResCAM map (gradient x activation summed over
+    channels); pytorch-grad-cam leaves it to the SVD.
+    """
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        product = gradients * activations
+        return first_component(product, product.sum(1))
+
+
+class ScoreCAM(_PerturbationMixin, BaseCAM):
+    """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled, masks the
+    input; the softmax over channels of the targets' scores on those masked inputs weights
+    the channels. ``batch_size`` masked images go through the model per forward, and all
+    targets of an image share them. Upsampling uses align_corners=True as pytorch-grad-cam does.
+    """
+
+    def channel_weights(self, x: Tensor, image_index: int, source: _Source, target: Callable,
+                        base_scores: Tensor) -> Tensor:
+        acts = source.activations[image_index:image_index + 1].detach()
+        image = x[image_index:image_index + 1].detach()
+        scores = []
+        for start in range(0, acts.shape[1], self.batch_size):
+            chunk = F.interpolate(acts[:, start:start + self.batch_size], size=x.shape[-2:], mode="bilinear",
+                                  align_corners=True)[0]
+            low = chunk.flatten(1).amin(1).view(-1, 1, 1)
+            high = chunk.flatten(1).amax(1).view(-1, 1, 1)
+            masks = (chunk - low) / (high - low + 1e-8)
+            output = self.model(image * masks[:, None])
+            scores.append(scores_on_copies(target, output, image_index, len(base_scores)).float())
+        return torch.softmax(torch.cat(scores).T, dim=-1)
+
+
+class AblationCAM(_PerturbationMixin, BaseCAM):
+    """Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is the relative drop of the
+    target's score when that channel is set to zero, ``(s - s_ablated) / s``.
+
+    ``batch_size`` ablated copies run per forward. pytorch-grad-cam sets an ablated
+    channel to 0 only when the layer's minimum is 0 (post-ReLU layers, where the two
+    agree) and otherwise to a value that drifts with the position in its batch; we
+    always use 0.
+    """
+
+    def channel_weights(self, x: Tensor, image_index: int, source: _Source, target: Callable,
+                        base_scores: Tensor) -> Tensor:
+        if not source.plain:
+            raise ValueError(
+                f"AblationCAM needs layer {source.name!r} to output one [B, C, h, w] tensor per forward; "
+                "pick such a layer or use ScoreCAM"
+            )
+        acts = source.leaf[image_index].detach()
+        image = x[image_index:image_index + 1].detach()
+        channels = acts.shape[0]
+        scores = []
+        for start in range(0, channels, self.batch_size):
+            stop = min(start + self.batch_size, channels)
+            ablated = acts.expand(stop - start, *acts.shape).clone()
+            ablated[torch.arange(stop - start), torch.arange(start, stop)] = 0
+            handle = source.module.register_forward_hook(lambda module, inputs, output: ablated)
+            try:
+                output = self.model(image.expand(stop - start, *image.shape[1:]))
+            finally:
+                handle.remove()
+            scores.append(scores_on_copies(target, output, image_index, len(base_scores)).float())
+        base = base_scores.float()[None]
+        base = torch.where(base.abs() > 1e-12, base, torch.full_like(base, 1e-12))
+        return ((base - torch.cat(scores)) / base).T
+
+
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "gradcampp": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+}
+
+
+def get_method(name: str | type[BaseCAM]) -> type[BaseCAM]:
+    """A method class by name (case and '-'/'_' insensitive) or the class itself."""
+    if isinstance(name, type) and issubclass(name, BaseCAM):
+        return name
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(set(METHODS) - {'gradcampp'}))}")
+    return METHODS[key]
