@@ -114,7 +114,7 @@ def list_layers(model: nn.Module, example: Tensor) -> list[tuple[str, str, str]]
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: shapes.setdefault(name, describe(o))))
+                lambda m, i, o, name=name: shapes.setdefault(name, describe(o)) and None))
     try:
         with preserved_state(model), torch.no_grad():
             model(example)

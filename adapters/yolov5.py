@@ -1,0 +1,211 @@
+"""Classic anchor-based YOLOv5 (github.com/ultralytics/yolov5 checkpoints, v6.x / v7.0).
+
+An original YOLOv5 ``.pt`` file is a pickle of the YOLOv5 repository's model
+classes under the module names ``models.yolo``, ``models.common`` and
+``models.experimental``; the ``ultralytics`` 8.x package cannot load it. The
+adapter takes those classes from the ``yolov5`` pip package (7.0.14) and maps
+the pickle's ``models.*`` / ``utils.*`` names onto ``yolov5.models.*`` /
+``yolov5.utils.*`` while loading, without touching ``sys.modules``.
+
+The eval-mode output of the YOLOv5 ``Detect`` head is ``(pred, raw)``: ``pred``
+``[B, N, 5 + nc]`` holds ``xywh`` boxes in network pixels, the objectness and the
+class probabilities (both already sigmoided), one row per (level, anchor, cell);
+``raw`` is the list of per-level maps. As in YOLOv5's own NMS the confidence of
+class ``c`` at row ``n`` is ``obj[n] * cls[n, c]``; that product at the row kept
+by NMS is each detection's differentiable score.
+"""
+from __future__ import annotations
+
+import pickle
+import types
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dsxai.adapter import Adapter, Batch
+from dsxai.imaging import ImageLike
+from dsxai.targets import Target
+
+from .ultralytics_yolo import (
+    DenseOutput, YOLOBoxTarget, YOLOClassTarget, letterbox_batch, network_size, xywh_to_xyxy,
+)
+
+__all__ = ["YOLOv5Adapter", "load_yolov5"]
+
+_INSTALL_HINT = "pip install 'dsxai[yolov5]'"
+_EXPECTED = "an original YOLOv5 checkpoint (.pt from github.com/ultralytics/yolov5, e.g. yolov5n.pt)"
+
+
+def _import_yolov5():
+    try:
+        with warnings.catch_warnings():  # yolov5 imports the deprecated pkg_resources
+            warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=UserWarning)
+            import yolov5.models.common  # noqa: F401
+            import yolov5.models.experimental  # noqa: F401
+            import yolov5.models.yolo as yolo
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        detail = f" (missing module {missing!r})" if missing and missing != "yolov5" else ""
+        raise ImportError(
+            f"YOLOv5Adapter needs the YOLOv5 model classes from the yolov5 package{detail}: {_INSTALL_HINT}"
+        ) from exc
+    return yolo
+
+
+class _Unpickler(pickle.Unpickler):
+    """Resolves the YOLOv5 repository's top-level ``models`` / ``utils`` packages inside ``yolov5``."""
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] in ("models", "utils"):
+            module = f"yolov5.{module}"
+        return super().find_class(module, name)
+
+
+_PICKLE = types.ModuleType("dsxai_yolov5_pickle")
+_PICKLE.Unpickler = _Unpickler
+_PICKLE.load = lambda file, **kwargs: _Unpickler(file, **kwargs).load()
+_PICKLE.__dict__["dump"] = pickle.dump
+
+
+def load_yolov5(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
+    """The float32 ``DetectionModel`` of an original YOLOv5 checkpoint (EMA weights when present)."""
+    _import_yolov5()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected {_EXPECTED})")
+    if path.suffix.lower() != ".pt":
+        raise ValueError(f"{path} has suffix {path.suffix!r}; expected {_EXPECTED}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"cannot load {path}: its pickle needs module {exc.name!r}; expected {_EXPECTED}") from exc
+    except Exception as exc:  # truncated zip, not a pickle, ...
+        raise ValueError(
+            f"cannot load {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}); "
+            f"the file is damaged or not a PyTorch checkpoint; expected {_EXPECTED}"
+        ) from exc
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
+    if not isinstance(model, nn.Module):
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} holds no model (found {keys}); expected {_EXPECTED}")
+    model = model.float()
+    return model.to(device) if device is not None else model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """``AutoShape`` / ``DetectMultiBackend`` wrappers -> the inner ``DetectionModel``."""
+    seen = 0
+    while not isinstance(getattr(model, "model", None), nn.Sequential) and isinstance(
+            getattr(model, "model", None), nn.Module) and seen < 4:
+        model, seen = model.model, seen + 1
+    return model
+
+
+class YOLOv5Adapter(Adapter):
+    """Explain classic anchor-based YOLOv5 detectors.
+
+    Args:
+        model: the path of an original YOLOv5 ``.pt`` checkpoint, or a YOLOv5
+            ``DetectionModel`` (``AutoShape`` / ``DetectMultiBackend`` wrappers are
+            unwrapped). A given module is used as it is and given back unchanged.
+        imgsz: network input size, an int or (h, w), rounded up to a multiple of
+            the stride (32). Default 640 as YOLOv5's detect.py.
+        rect: letterbox to ``imgsz`` and pad only up to a multiple of the stride
+            (default, as YOLOv5's detect.py); ``False`` pads to ``imgsz`` exactly.
+        device: where to put a model loaded from a path.
+
+    Default layers: the three inputs of the ``Detect`` layer (P3, P4, P5; e.g.
+    ``model.17``, ``model.20``, ``model.23``): small objects are predicted from P3
+    and large ones from P5, so one level alone hides part of them; the engine
+    normalises each level's map and fuses them with the mean.
+    """
+
+    def __init__(self, model: Any, imgsz: int | Sequence[int] = 640, rect: bool = True,
+                 device: str | torch.device | None = None):
+        if isinstance(model, (str, Path)):
+            net = load_yolov5(model, device)
+        elif isinstance(model, nn.Module):
+            net = _unwrap(model)
+        else:
+            raise TypeError(f"YOLOv5Adapter takes a checkpoint path or a YOLOv5 DetectionModel; got "
+                            f"{type(model).__name__}")
+        layers = getattr(net, "model", None)
+        head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+        if head is None or not all(hasattr(head, a) for a in ("na", "anchors", "no", "nc", "f", "stride")):
+            kind = type(head).__name__ if head is not None else type(net).__name__
+            hint = (" It looks like an Ultralytics YOLOv8/11 model: use UltralyticsAdapter."
+                    if type(net).__module__.startswith("ultralytics") else "")
+            raise ValueError(f"{type(net).__name__} ending in {kind} is not a YOLOv5 anchor-based detector "
+                             f"(expected a Detect head with anchors).{hint}")
+        if type(head).__name__ != "Detect":
+            raise ValueError(f"YOLOv5Adapter supports the Detect head; this model ends in {type(head).__name__} "
+                             "(YOLOv5 segmentation and classification models are not supported)")
+        self.model = net
+        self.head = head
+        names = getattr(net, "names", None) or [str(i) for i in range(head.nc)]
+        self.class_names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
+        self.stride = max(int(torch.as_tensor(head.stride).max()), 32)
+        self.imgsz = imgsz
+        self.network_size = network_size(imgsz, self.stride)
+        self.rect = rect
+        self.task = "detect"
+        f = head.f if isinstance(head.f, (list, tuple)) else [head.f]
+        self.default_layers = [f"model.{int(i)}" for i in f]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.model.parameters():
+            return p.dtype
+        return torch.float32
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Batch:
+        self._reset_inference_caches()
+        return letterbox_batch(images, self.imgsz, self.stride, self.rect, self.device, self.dtype)
+
+    def box_target(self, batch: Batch, conf: float = 0.25, iou: float = 0.45,
+                   classes: Sequence[int] | None = None, max_dets: int = 1000) -> YOLOBoxTarget:
+        """One target per detection: ``obj * cls`` at the row kept by NMS (YOLOv5's detect.py defaults)."""
+        self._reset_inference_caches()
+        return YOLOBoxTarget(self.dense, batch.geometries, self.class_names, conf, iou, classes, max_dets,
+                             True, self.levels(batch.tensor.shape[-2:]))
+
+    def class_target(self, batch: Batch, classes: Sequence[int] | None = None, reduce: str = "max",
+                     conf: float = 0.25, iou: float = 0.45, max_dets: int = 1000) -> YOLOClassTarget:
+        """One target per (image, class); see :class:`~dsxai.adapters.ultralytics_yolo.YOLOClassTarget`."""
+        self._reset_inference_caches()
+        boxes = YOLOBoxTarget(self.dense, batch.geometries, self.class_names, conf, iou, None, max_dets,
+                              True, self.levels(batch.tensor.shape[-2:]))
+        return YOLOClassTarget(boxes, classes, reduce)
+
+    def _target(self, batch: Batch, kind: str, options: dict[str, Any]) -> Target:
+        if kind == "classes":
+            return self.class_target(batch, **options)
+        return super()._target(batch, kind, options)
+
+    def dense(self, output: Any) -> DenseOutput:
+        """The per-row view of the eval-mode output ``(pred [B, N, 5 + nc], raw)``."""
+        pred = output[0] if isinstance(output, (tuple, list)) else output
+        nc = self.head.nc
+        if not isinstance(pred, Tensor) or pred.ndim != 3 or pred.shape[-1] != 5 + nc:
+            shape = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+            raise ValueError(f"unexpected YOLOv5 output {shape}; expected [B, N, {5 + nc}] from the model in eval mode")
+        return DenseOutput(boxes=xywh_to_xyxy(pred[..., :4]), scores=pred[..., 5:] * pred[..., 4:5])
+
+    def levels(self, size: Sequence[int]) -> list[tuple[int, int, int]]:
+        """``(anchors per cell, h, w)`` of each Detect level for a network input of ``size``."""
+        h, w = int(size[0]), int(size[1])
+        strides = [int(s) for s in torch.as_tensor(self.head.stride).tolist()]
+        return [(int(self.head.na), -(-h // s), -(-w // s)) for s in strides]
+
+    def _reset_inference_caches(self) -> None:
+        """Drop grids cached by a forward under ``torch.inference_mode`` (they cannot enter autograd)."""
+        for name in ("grid", "anchor_grid"):
+            cache = getattr(self.head, name, None)
+            if isinstance(cache, list):
+                for i, value in enumerate(cache):
+                    if isinstance(value, Tensor) and value.is_inference():
+                        cache[i] = torch.empty(0)
