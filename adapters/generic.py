@@ -270,7 +270,7 @@ class _AdapterBase(Adapter):
 
     def predict(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> list[Detections]:
         batch = self.preprocess(images)
-        target = self._target(batch, "boxes" if self.task != "segment" else "masks", options)
+        target = self._target(batch, self.default_targets, options)
         with preserved_state(self.model), torch.no_grad():
             target(self.model(batch.tensor))
         return target.detections
@@ -574,14 +574,6 @@ class SegmentationAdapter(_AdapterBase):
                                   max_masks=max_masks, reduce=reduce,
                                   background=self.background if background == "default" else background,
                                   class_names=self.class_names)
-
-    def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "gradcam",
-                layers: Sequence[str | nn.Module] | None = None, targets: str = "masks",
-                method_options: dict[str, Any] | None = None, **target_options: Any,
-                ) -> tuple[list[Detections], list[Tensor]]:
-        """Masks and one map per mask (``[T_i, H, W]`` over each original image)."""
-        return super().explain(images, method=method, layers=layers, targets=targets,
-                               method_options=method_options, **target_options)
 
     def box_target(self, batch: Batch, **options: Any) -> Target:
         """A segmenter has no boxes of its own: ``targets="boxes"`` means its masks."""

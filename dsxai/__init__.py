@@ -5,6 +5,7 @@ The core (this package) is model-agnostic; model families live in ``dsxai.adapte
 from ._version import __version__
 from .detections import Detections
 from .engine import BaseCAM, CAMResult, normalize_maps
+from .explanation import Explanation, explain
 from .layers import list_layers, resolve_layers
 from .methods import (
     METHODS, AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
@@ -13,7 +14,7 @@ from .methods import (
 from .targets import ClassTarget, MaskTarget, OutputIndexTarget, Target
 
 __all__ = [
-    "__version__", "Detections", "BaseCAM", "CAMResult", "normalize_maps", "list_layers", "resolve_layers",
+    "__version__", "Detections", "Explanation", "explain", "BaseCAM", "CAMResult", "normalize_maps", "list_layers", "resolve_layers",
     "METHODS", "get_method", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM",
     "EigenGradCAM", "ScoreCAM", "AblationCAM", "Target", "ClassTarget", "OutputIndexTarget", "MaskTarget",
 ]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .detections import Detections
 from .imaging import Geometry, ImageLike
+from .layers import preserved_state
 from .methods import get_method
 from .targets import Target
 
@@ -109,23 +110,23 @@ class Adapter(ABC):
     def predict(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> list[Detections]:
         """Detections only, without explanations."""
         batch = self.preprocess(images)
-        target = self._target(batch, "boxes" if self.task != "segment" else "masks", options)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                target(self.model(batch.tensor))
-        finally:
-            self.model.train(was_training)
+        target = self._target(batch, self.default_targets, options)
+        with preserved_state(self.model), torch.no_grad():
+            target(self.model(batch.tensor))
         return target.detections
 
     def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "gradcam",
-                layers: Sequence[str | nn.Module] | None = None, targets: str = "boxes",
+                layers: Sequence[str | nn.Module] | None = None, targets: str | None = None,
                 method_options: dict[str, Any] | None = None, **target_options: Any,
                 ) -> tuple[list[Detections], list[Tensor]]:
-        """Detections and one map per detection (``[T_i, H, W]`` over each original image)."""
+        """Detections and one map per detection (``[T_i, H, W]`` over each original image).
+
+        ``targets``: "boxes" (one map per detection), "masks" (one per predicted
+        mask), "classes" (one per class) or None for the family's default
+        (:attr:`default_targets`).
+        """
         batch = self.preprocess(images)
-        target = self._target(batch, targets, target_options)
+        target = self._target(batch, targets or self.default_targets, target_options)
         cam = get_method(method)(self.model, layers or self.default_layers, **(method_options or {}))
         result = cam.explain(batch.tensor, target)
         maps = result.maps if isinstance(result.maps, list) else list(result.maps)
@@ -137,4 +138,15 @@ class Adapter(ABC):
             return self.box_target(batch, **options)
         if kind == "masks":
             return self.mask_target(batch, **options)
-        raise ValueError(f"unknown targets {kind!r}; use 'boxes' or 'masks'")
+        if kind == "classes":
+            return self.class_target(batch, **options)
+        raise ValueError(f"unknown targets {kind!r}; use 'boxes', 'masks' or 'classes'")
+
+    def class_target(self, batch: Batch, **options: Any) -> Target:
+        """One target per class (the class as a whole)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-class targets")
+
+    @property
+    def default_targets(self) -> str:
+        """"masks" for semantic segmenters, "boxes" for detectors and instance segmenters."""
+        return "masks" if self.task == "segment" else "boxes"

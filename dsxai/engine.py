@@ -39,11 +39,16 @@ class CAMResult:
     layers: list[str] = field(default_factory=list)
 
 
+_TINY = 1e-30
+
+
 def normalize_maps(maps: Tensor) -> Tensor:
     """Min-max scale each map of ``[..., H, W]`` to [0, 1]; an all-equal map becomes 0."""
     flat = maps.flatten(-2)
     flat = flat - flat.amin(-1, keepdim=True)
-    flat = flat / (flat.amax(-1, keepdim=True) + _EPS)
+    # Divide by the peak itself, not peak + eps: a faint but real map (raw values
+    # far below 1e-7) still reaches 1; only a map that is flat everywhere stays 0.
+    flat = flat / flat.amax(-1, keepdim=True).clamp_min(_TINY)
     return flat.view_as(maps)
 
 
@@ -121,8 +126,9 @@ class BaseCAM:
         fuse: how maps of several sources combine after upsampling: "mean" or "max".
         chunk_size: targets per batched backward; bounds memory for many targets.
         batch_size: images per forward for perturbation methods.
-        noise_samples, noise_sigma: SmoothGrad-style averaging over noisy inputs
-            (sigma relative to each image's value range); 0 samples disables it.
+        noise_samples, noise_sigma: SmoothGrad-style averaging over ``noise_samples``
+            inputs: the clean image and ``noise_samples - 1`` noisy copies (Gaussian,
+            sigma relative to each image's value range); 0 or 1 disables it.
         hflip: also explain the mirrored image and average; targets that are not
             mirror-invariant must provide ``hflip(width)`` returning the mirrored target.
         seed: seed of the noise.
@@ -205,13 +211,14 @@ class BaseCAM:
 
     # -------------------------------------------------------------- internals
     def _views(self, x: Tensor) -> list[tuple[Tensor, bool]]:
-        if self.noise_samples > 0:
+        # The clean image comes first: targets that decode detections on their first
+        # call (adapters) must see the real image, not a noisy copy.
+        bases = [x]
+        if self.noise_samples > 1:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
             span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
-            bases = [x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                     * self.noise_sigma * span for _ in range(self.noise_samples)]
-        else:
-            bases = [x]
+            bases += [x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                      * self.noise_sigma * span for _ in range(self.noise_samples - 1)]
         views = [(b, False) for b in bases]
         if self.hflip:
             views += [(b.flip(-1), True) for b in bases]

@@ -1,11 +1,18 @@
 """Pictures a person can read: heatmaps fused with boxes, labels and masks.
 
 Maps arrive as torch tensors; this module is the edge where they become uint8
-pictures (OpenCV colormaps and drawing).
+RGB pictures (OpenCV colormaps and drawing, matplotlib colormaps by name when
+OpenCV has no such map). Every renderer returns a picture of the input image's
+size (grids are tiles of such pictures), leaves pixels outside the boxes as
+they were where it says so, and keeps every label inside the image.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -14,19 +21,45 @@ from torch import Tensor
 
 from .detections import Detections
 
-__all__ = ["COLORMAPS", "colorize", "overlay", "per_box_heat", "draw_detections", "render_detections", "grid"]
+__all__ = [
+    "COLORMAPS", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color", "text_style", "label_rect",
+    "draw_label", "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels",
+    "render_grid", "compare_methods", "banner", "titled", "grid", "write_png",
+]
 
+#: colormaps OpenCV has built in; any other name is looked up in matplotlib
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
     "inferno": cv2.COLORMAP_INFERNO, "magma": cv2.COLORMAP_MAGMA, "plasma": cv2.COLORMAP_PLASMA,
-    "hot": cv2.COLORMAP_HOT,
+    "hot": cv2.COLORMAP_HOT, "bone": cv2.COLORMAP_BONE, "cool": cv2.COLORMAP_COOL,
+    "parula": cv2.COLORMAP_PARULA, "cividis": cv2.COLORMAP_CIVIDIS, "twilight": cv2.COLORMAP_TWILIGHT,
 }
 
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
-def _colormap(name: str) -> int:
-    if name not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
-    return COLORMAPS[name]
+
+@lru_cache(maxsize=32)
+def _lut(name: str) -> np.ndarray:
+    """``256 x 3`` uint8 RGB lookup table of a colormap (OpenCV first, then matplotlib)."""
+    if not isinstance(name, str):
+        raise TypeError(f"colormap must be a name (str), got {type(name).__name__}")
+    if name in COLORMAPS:
+        bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], COLORMAPS[name])[:, 0]
+        return np.ascontiguousarray(bgr[:, ::-1])
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is in the cli extra
+        raise ValueError(
+            f"unknown colormap {name!r}: OpenCV has {', '.join(COLORMAPS)}; install matplotlib for its colormaps"
+        ) from exc
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown colormap {name!r}; use an OpenCV one ({', '.join(COLORMAPS)}) or a matplotlib name "
+            "such as 'coolwarm', 'Reds' or 'cubehelix'"
+        ) from None
+    return (cmap(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
 def _to_numpy(heat: Tensor | np.ndarray) -> np.ndarray:
@@ -36,22 +69,45 @@ def _to_numpy(heat: Tensor | np.ndarray) -> np.ndarray:
     return np.clip(heat, 0, 1)
 
 
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+    return image
+
+
 def colorize(heat: Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """``[H, W]`` map in [0, 1] -> ``H x W x 3`` uint8 RGB."""
-    bgr = cv2.applyColorMap((_to_numpy(heat) * 255).round().astype(np.uint8), _colormap(colormap))
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """``[H, W]`` map in [0, 1] -> ``H x W x 3`` uint8 RGB through a colormap (OpenCV or matplotlib name)."""
+    return _lut(colormap)[(_to_numpy(heat) * 255).round().astype(np.uint8)]
 
 
 def overlay(image: np.ndarray, heat: Tensor | np.ndarray, alpha: float = 0.5, colormap: str = "jet",
-            where: np.ndarray | None = None) -> np.ndarray:
-    """Blend a colorized map over an RGB image; pixels outside ``where`` (bool) stay as they were."""
+            where: np.ndarray | Tensor | None = None) -> np.ndarray:
+    """Blend a colorized map over an RGB image; pixels outside ``where`` (bool ``[H, W]``) stay as they were."""
+    image = _check_image(image)
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     heat_np = _to_numpy(heat)
     if heat_np.shape != image.shape[:2]:
         raise ValueError(f"map size {heat_np.shape} differs from the image size {image.shape[:2]}")
     blended = (image.astype(np.float32) * (1 - alpha) + colorize(heat_np, colormap) * alpha).round().astype(np.uint8)
     if where is not None:
-        blended = np.where(where[..., None], blended, image)
+        where = where.cpu().numpy() if isinstance(where, Tensor) else np.asarray(where)
+        blended = np.where(where.astype(bool)[..., None], blended, image)
     return blended
+
+
+def _pixel_box(box: Tensor | Sequence[float], h: int, w: int) -> tuple[int, int, int, int]:
+    """A box as integer pixel bounds ``x1, y1, x2, y2`` (exclusive ends), inside the image, at least 1 px."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, y1 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
+    x2, y2 = int(np.clip(np.ceil(x2), x1 + 1, w)), int(np.clip(np.ceil(y2), y1 + 1, h))
+    return x1, y1, x2, y2
+
+
+def _rescale(values: Tensor) -> Tensor:
+    low, high = values.min(), values.max()
+    return (values - low) / (high - low) if high > low else torch.zeros_like(values)
 
 
 def per_box_heat(maps: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,82 +121,242 @@ def per_box_heat(maps: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     inside = torch.zeros(h, w, dtype=torch.bool, device=maps.device)
     for heat, box in zip(maps, boxes):
         x1, y1, x2, y2 = _pixel_box(box, h, w)
-        crop = heat[y1:y2, x1:x2]
-        low, high = crop.min(), crop.max()
-        crop = (crop - low) / (high - low) if high > low else torch.zeros_like(crop)
+        crop = _rescale(heat[y1:y2, x1:x2])
         fused[y1:y2, x1:x2] = torch.maximum(fused[y1:y2, x1:x2], crop)
         inside[y1:y2, x1:x2] = True
     return fused, inside
 
 
-def _pixel_box(box: Tensor, h: int, w: int) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    x1, y1 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
-    x2, y2 = int(np.clip(np.ceil(x2), x1 + 1, w)), int(np.clip(np.ceil(y2), y1 + 1, h))
-    return x1, y1, x2, y2
+def per_mask_heat(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Like :func:`per_box_heat` with masks: each map rescaled inside its own mask, zero elsewhere, fused by max."""
+    masks = masks.to(maps.device).bool()
+    fused = maps.new_zeros(maps.shape[-2:])
+    for heat, mask in zip(maps, masks):
+        if mask.any():
+            scaled = torch.zeros_like(heat)
+            scaled[mask] = _rescale(heat[mask])
+            fused = torch.maximum(fused, scaled)
+    return fused, masks.any(0) if len(masks) else torch.zeros_like(fused, dtype=torch.bool)
 
 
 def class_color(label: int) -> tuple[int, int, int]:
-    """A fixed, well-separated RGB colour per class id."""
-    hue = (label * 0.618033988749895) % 1.0
+    """A fixed, well-separated bright RGB colour per class id (the same in every picture)."""
+    hue = (int(label) * 0.618033988749895) % 1.0
     hsv = np.uint8([[[int(hue * 179), 220, 255]]])
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
-def draw_detections(image: np.ndarray, detections: Detections, show_scores: bool = True) -> np.ndarray:
-    """Boxes, class names and scores; labels scale with the image and never leave it."""
-    out = np.ascontiguousarray(image.copy())
+def text_style(size: tuple[int, int]) -> tuple[float, int, int]:
+    """Font scale, text thickness and line thickness for an image of ``(h, w)``: readable at any size."""
+    short = min(size)
+    scale = float(np.clip(short / 700, 0.35, 4.0))
+    text = max(1, int(round(scale * 1.6)))
+    line = max(1, int(round(short / 320)))
+    return scale, text, line
+
+
+def label_rect(text: str, box: Sequence[int], size: tuple[int, int], scale: float,
+               thickness: int) -> tuple[int, int, int, int, int]:
+    """Where a label goes: ``(left, top, right, bottom, baseline_y)`` of its background, all inside the image.
+
+    Above the box when there is room, else just inside its top edge; shifted left
+    when it would pass the right edge. ``right``/``bottom`` are exclusive.
+    """
+    h, w = size
+    x1, y1 = int(box[0]), int(box[1])
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
+    lw, lh = min(w, tw + 4), min(h, th + base + 4)
+    left = int(np.clip(x1, 0, w - lw))
+    top = y1 - lh if y1 - lh >= 0 else y1
+    top = int(np.clip(top, 0, h - lh))
+    return left, top, left + lw, top + lh, top + 2 + th
+
+
+def draw_label(out: np.ndarray, text: str, box: Sequence[int], color: tuple[int, int, int], scale: float,
+               thickness: int) -> tuple[int, int, int, int]:
+    """Draw ``text`` on a filled ``color`` background next to ``box`` (in place); returns the label's rectangle."""
     h, w = out.shape[:2]
-    scale = max(0.35, min(h, w) / 900)
-    thickness = max(1, int(round(min(h, w) / 300)))
+    left, top, right, bottom, baseline = label_rect(text, box, (h, w), scale, thickness)
+    cv2.rectangle(out, (left, top), (right - 1, bottom - 1), color, -1)
+    ink = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
+    cv2.putText(out, text, (left + 2, baseline), _FONT, scale, ink, thickness, cv2.LINE_AA)
+    return left, top, right, bottom
+
+
+def draw_detections(image: np.ndarray, detections: Detections, show_scores: bool = True,
+                    labels: bool = True) -> np.ndarray:
+    """Boxes in their class colour, with class names and scores; labels scale with the image and never leave it."""
+    out = np.ascontiguousarray(_check_image(image).copy())
+    h, w = out.shape[:2]
+    scale, text_thickness, line = text_style((h, w))
     for box, label, score, name in zip(detections.boxes, detections.labels, detections.scores, detections.names):
         color = class_color(int(label))
         x1, y1, x2, y2 = _pixel_box(box, h, w)
-        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), color, thickness)
-        text = f"{name} {float(score):.2f}" if show_scores else name
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness - 1))
-        tx = int(np.clip(x1, 0, max(0, w - tw - 2)))
-        ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(h - base - 1, y1 + th + 2)
-        cv2.rectangle(out, (tx, max(0, ty - th - 2)), (min(w - 1, tx + tw + 2), min(h - 1, ty + base)), color, -1)
-        cv2.putText(out, text, (tx + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), max(1, thickness - 1),
-                    cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), color, line)
+        if labels:
+            draw_label(out, f"{name} {float(score):.2f}" if show_scores else name, (x1, y1, x2, y2), color,
+                       scale, text_thickness)
     return out
+
+
+def draw_mask_contours(image: np.ndarray, detections: Detections) -> np.ndarray:
+    """Each mask's outline in its class colour (``detections.masks`` required)."""
+    out = np.ascontiguousarray(_check_image(image).copy())
+    if detections.masks is None:
+        return out
+    _, _, line = text_style(out.shape[:2])
+    for mask, label in zip(detections.masks.cpu().numpy(), detections.labels.tolist()):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, class_color(label), line)
+    return out
+
+
+def _check_maps(detections: Detections, maps: Tensor, image: np.ndarray) -> None:
+    if len(detections) != len(maps):
+        raise ValueError(f"got {len(maps)} maps for {len(detections)} detections")
+    if len(maps) and tuple(maps.shape[-2:]) != tuple(image.shape[:2]):
+        raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the image is {tuple(image.shape[:2])}")
 
 
 def render_detections(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5,
-                      colormap: str = "jet", per_box: bool = True) -> np.ndarray:
-    """All detections in one picture: each box shows its own map, with boxes and labels on top."""
-    if len(detections) != len(maps):
-        raise ValueError(f"got {len(maps)} maps for {len(detections)} detections")
+                      colormap: str = "jet", per_box: bool = True, labels: bool = True) -> np.ndarray:
+    """All detections in one picture, with boxes, class names and scores on top.
+
+    ``per_box=True``: each box shows its own map rescaled inside it and pixels
+    outside every box stay as they were; ``False``: the maximum of all maps over
+    the whole image. Masks, when the detections have them, are outlined.
+    """
+    image = _check_image(image)
+    _check_maps(detections, maps, image)
     if len(detections) == 0:
-        return _banner(image, "no detections")
+        return banner(image, "no detections")
     if per_box:
         heat, inside = per_box_heat(maps, detections.boxes.to(maps.device))
-        picture = overlay(image, heat, alpha, colormap, where=inside.cpu().numpy())
+        picture = overlay(image, heat, alpha, colormap, where=inside)
     else:
         picture = overlay(image, maps.amax(0), alpha, colormap)
-    return draw_detections(picture, detections)
+    picture = draw_mask_contours(picture, detections)
+    return draw_detections(picture, detections, labels=labels)
 
 
-def _banner(image: np.ndarray, text: str) -> np.ndarray:
-    out = image.copy()
+def render_masks(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5,
+                 colormap: str = "jet", labels: bool = True) -> np.ndarray:
+    """Each mask shows its own map rescaled inside it, outlined in its class colour; pixels outside masks unchanged."""
+    image = _check_image(image)
+    _check_maps(detections, maps, image)
+    if len(detections) == 0:
+        return banner(image, "no detections")
+    if detections.masks is None:
+        raise ValueError("style 'masks' needs detections with masks (a segmenter); use style 'fused' for boxes")
+    heat, inside = per_mask_heat(maps, detections.masks)
+    picture = draw_mask_contours(overlay(image, heat, alpha, colormap, where=inside), detections)
+    if labels:
+        h, w = picture.shape[:2]
+        scale, thickness, _ = text_style((h, w))
+        for box, label, score, name in zip(detections.boxes, detections.labels, detections.scores, detections.names):
+            draw_label(picture, f"{name} {float(score):.2f}", _pixel_box(box, h, w), class_color(int(label)),
+                       scale, thickness)
+    return picture
+
+
+def render_panels(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5,
+                  colormap: str = "jet") -> list[np.ndarray]:
+    """One full-size picture per detection: its map over the whole image, its box and label."""
+    image = _check_image(image)
+    _check_maps(detections, maps, image)
+    panels = []
+    for k in range(len(detections)):
+        one = detections[k]
+        picture = draw_mask_contours(overlay(image, maps[k], alpha, colormap), one)
+        panels.append(draw_detections(picture, one))
+    return panels
+
+
+def render_grid(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5, colormap: str = "jet",
+                columns: int = 4) -> np.ndarray:
+    """A grid with one panel per detection (see :func:`render_panels`); the banner when there are none."""
+    panels = render_panels(image, detections, maps, alpha, colormap)
+    return grid(panels, columns=columns) if panels else banner(image, "no detections")
+
+
+def compare_methods(image: np.ndarray, detections: Detections, maps_by_method: Mapping[str, Tensor],
+                    alpha: float = 0.5, colormap: str = "jet", per_box: bool = True, columns: int = 4) -> np.ndarray:
+    """Side by side: the same detections explained by several methods, one titled panel per method."""
+    if not maps_by_method:
+        raise ValueError("compare_methods() needs at least one method's maps")
+    panels = [titled(render_detections(image, detections, maps, alpha, colormap, per_box), name)
+              for name, maps in maps_by_method.items()]
+    return grid(panels, columns=columns)
+
+
+def banner(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with ``text`` on a dark band along its top (e.g. "no detections")."""
+    out = np.ascontiguousarray(_check_image(image).copy())
     h, w = out.shape[:2]
-    scale = max(0.4, min(h, w) / 600)
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.rectangle(out, (0, 0), (min(w - 1, tw + 8), min(h - 1, th + base + 8)), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    scale, thickness, _ = text_style((h, w))
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
+    band = min(h, th + base + 8)
+    out[:band] = (out[:band].astype(np.float32) * 0.25).astype(np.uint8)
+    cv2.putText(out, text, (max(0, (w - tw) // 2), min(h - 1, 4 + th)), _FONT, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)
     return out
 
 
+_banner = banner  # older name
+
+
+def titled(picture: np.ndarray, title: str) -> np.ndarray:
+    """``picture`` with a white strip above it holding ``title`` (for grids comparing methods)."""
+    h, w = picture.shape[:2]
+    scale, thickness, _ = text_style((h, w))
+    (tw, th), base = cv2.getTextSize(title, _FONT, scale, thickness)
+    strip = np.full((th + base + 8, w, 3), 255, np.uint8)
+    cv2.putText(strip, title, (max(0, (w - tw) // 2), th + 4), _FONT, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return np.concatenate([strip, picture], axis=0)
+
+
 def grid(pictures: Sequence[np.ndarray], columns: int = 4, pad: int = 4) -> np.ndarray:
-    """Pictures of equal size tiled row by row on a white background."""
+    """Pictures tiled row by row on a white background (each cell as large as the largest picture)."""
     if not pictures:
         raise ValueError("grid() needs at least one picture")
-    h, w = pictures[0].shape[:2]
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    h = max(p.shape[0] for p in pictures)
+    w = max(p.shape[1] for p in pictures)
     rows = (len(pictures) + columns - 1) // columns
     cols = min(columns, len(pictures))
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
     for i, pic in enumerate(pictures):
         r, c = divmod(i, columns)
-        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = pic
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[y:y + pic.shape[0], x:x + pic.shape[1]] = pic
     return canvas
+
+
+def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
+    """Write an RGB uint8 picture as PNG atomically: a temporary file in the same folder, then a rename.
+
+    A crash or an error never leaves a half-written PNG at ``path``.
+    """
+    path = Path(path)
+    picture = _check_image(picture)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB array
+        raise ValueError(f"could not encode {path.name} as PNG")
+    write_atomic(path, data.tobytes())
+    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

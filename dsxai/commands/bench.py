@@ -1,0 +1,83 @@
+"""``dsxai bench MODEL --coco ANN.json --images DIR``: the localization benchmark (see :mod:`dsxai.bench`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "bench", help="localization benchmark of CAM methods on a COCO-annotated image set",
+        description="Explain every detection matched to a COCO object with each method and score the maps "
+                    "(pointing game, energy, IoU, box localization, deletion/insertion) against baselines.")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="checkpoint path (Ultralytics/YOLOv5 .pt; torchvision/smp with --arch) or "
+                             "'shapes-yolo' (the shipped shapes-world YOLOv8; default with --synthetic)")
+    parser.add_argument("--coco", default=None, help="COCO instances json (annotations)")
+    parser.add_argument("--images", default=None, help="folder the json's file_name entries are relative to")
+    parser.add_argument("--methods", default="eigencam,gradcam,hirescam,layercam",
+                        help="comma-separated CAM methods (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="output folder (results.json, pairs.csv, summary.md, ...)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images holding an object")
+    parser.add_argument("--categories", default=None, help="comma-separated COCO category names to keep")
+    parser.add_argument("--class-map", default=None,
+                        help="JSON file {model_class_name_or_id: coco_category_name} (default: match by name)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of torch and the bootstrap (default 0)")
+    parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
+    parser.add_argument("--resume", action="store_true", help="skip images finished in OUT/journal.jsonl")
+    parser.add_argument("--imgsz", type=int, default=None, help="network input size (YOLO models)")
+    parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint")
+    parser.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold (default 0.25)")
+    parser.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
+                        help="deletion/insertion AUCs (costly: 2+2T(K-1) forwards per image and map kind); "
+                             "default: on only for --limit <= 50 or --synthetic")
+    parser.add_argument("--steps", type=int, default=20, help="K steps of the deletion/insertion curves")
+    parser.add_argument("--gallery", type=int, default=2, help="best and worst pairs per method to draw (0: none)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="generate a shapes-world COCO set (TEST_SEED) in OUT/synthetic and benchmark it "
+                             "(model defaults to shapes-yolo)")
+    parser.add_argument("--scenes", type=int, default=24, help="scenes of --synthetic (default 24)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import FAITHFULNESS_AUTO_LIMIT, run_benchmark, write_synthetic_coco
+    from ..cli import CommandError
+
+    out = Path(args.out)
+    model = args.model
+    faithfulness = args.faithfulness
+    if args.synthetic:
+        if args.coco or args.images:
+            raise CommandError("--synthetic writes its own COCO set; drop --coco/--images")
+        annotations, images = write_synthetic_coco(out / "synthetic", scenes=args.scenes)
+        model = model or "shapes-yolo"
+        if faithfulness is None:
+            faithfulness = True
+    else:
+        if not args.coco or not args.images:
+            raise CommandError("pass --coco ANNOTATIONS.json and --images DIR (or --synthetic)")
+        annotations, images = Path(args.coco), Path(args.images)
+        if faithfulness is None:
+            faithfulness = args.limit is not None and args.limit <= FAITHFULNESS_AUTO_LIMIT
+    if model is None:
+        raise CommandError("pass MODEL (a checkpoint path or shapes-yolo)")
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    results = run_benchmark(
+        model, annotations, images, out, methods=args.methods.split(","), limit=args.limit,
+        categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
+        imgsz=args.imgsz, arch=args.arch, faithfulness=faithfulness, steps=args.steps, conf=args.conf,
+        gallery=args.gallery, progress=not args.no_progress,
+    )
+    c = results["counts"]
+    print(f"{c['images_ok']} images ({c['images_failed']} failed), {c['matched']} pairs, "
+          f"{c['unmatched_detections']} unmatched detections, {c['missed_gt']} missed objects")
+    for kind in ("methods", "baselines"):
+        for name, entry in results[kind].items():
+            pg = entry["pointing_game_box"]["mean"]
+            en = entry["energy_box"]["mean"]
+            print(f"  {name:14s} pointing game {pg if pg is None else round(pg, 3)}  "
+                  f"energy {en if en is None else round(en, 3)}")
+    print(f"wrote {out / 'summary.md'}")
+    return 0

@@ -1,0 +1,174 @@
+"""``dsxai explain MODEL IMAGE...``: one heatmap per detection, as pictures and JSON.
+
+For each image ``<stem>.png`` (all detections fused), ``<stem>_det<k>.png`` (one per
+detection), ``<stem>.json`` (detections and per-map figures) and ``<stem>_maps.npz``
+(the maps, float16; ``dsxai.Explanation.load(OUT)`` reads the folder back). The model,
+method, layers and every image are checked before the first file is written, and each
+file is written atomically, so a bad input leaves no partial output.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain", help="explain each detection (or mask) of images with per-box heatmaps",
+        description="Explain every detection of each image: writes <stem>.png (fused), <stem>_det<k>.png, "
+                    "<stem>.json and <stem>_maps.npz into --out.")
+    parser.add_argument("model", help="checkpoint path (Ultralytics .pt/.yaml; torchvision/smp state dict with "
+                        "--arch) or a shipped model: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-unet")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    parser.add_argument("--method", default=None, help="CAM method (default: layercam); e.g. hirescam, gradcam, "
+                        "eigencam, gradcam++")
+    parser.add_argument("--layers", default=None, help="comma-separated layer names (default: the adapter's; "
+                        "`dsxai layers MODEL` lists them)")
+    parser.add_argument("--targets", default="boxes", choices=("boxes", "masks", "classes"),
+                        help="one map per box, per mask, or per class (default: boxes)")
+    parser.add_argument("--conf", type=float, default=None, help="score threshold (default: the model's)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names or ids to keep")
+    parser.add_argument("--max-dets", type=int, default=None, help="at most this many detections per image")
+    parser.add_argument("--imgsz", type=int, default=None, help="network input size (YOLO models)")
+    parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
+                        "fasterrcnn_resnet50_fpn or smp:Unet:resnet34")
+    parser.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    parser.add_argument("--colormap", default="jet", help="OpenCV or matplotlib colormap name (default: jet)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)")
+    parser.set_defaults(run=run)
+
+
+def find_images(specs: list[str]) -> list[Path]:
+    """Image files named by paths, folders (their image files, sorted) and glob patterns, without repeats."""
+    from ..cli import CommandError
+
+    found: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise CommandError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += files
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(spec):
+            files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            if not files:
+                raise CommandError(f"no files match {spec!r}")
+            found += files
+        else:
+            raise CommandError(f"image not found: {path}")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    """Output stems: the file stem, with ``_2``, ``_3``... when two images share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0) + 1
+        seen[p.stem] = n
+        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
+    return stems
+
+
+def load_model(model: str, arch: str | None, imgsz: int | None, device: str | None):
+    """A zoo name or a checkpoint path -> adapter (``imgsz`` only for models that take it)."""
+    from ..zoo import ZOO_MODELS, load_adapter
+
+    options = {} if imgsz is None else {"imgsz": imgsz}
+    if model.lower().replace("_", "-") in ZOO_MODELS:
+        try:
+            return load_adapter(model, device=device, **options)
+        except FileNotFoundError as exc:  # one line: the message holds the re-train command on its own line
+            raise FileNotFoundError(" ".join(str(exc).split())) from None
+    from dsxai.adapters import load
+
+    try:
+        return load(model, arch=arch, device=device, **options)
+    except TypeError as exc:
+        if imgsz is not None and "imgsz" in str(exc):
+            raise ValueError(f"--imgsz applies to YOLO models only; {model} takes its own input size") from None
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+    from ..explanation import explain
+    from ..imaging import load_image
+    from ..layers import resolve_layers
+    from ..methods import get_method
+    from ..render import _lut
+
+    # everything is checked before the first file is written
+    get_method(args.method or "layercam")
+    _lut(args.colormap)
+    if not 0 <= args.alpha <= 1:
+        raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.max_dets is not None and args.max_dets < 1:
+        raise CommandError(f"--max-dets must be at least 1, got {args.max_dets}")
+    paths = find_images(args.images)
+    adapter = load_model(args.model, args.arch, args.imgsz, args.device)
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
+    if layers is not None:
+        resolve_layers(adapter.model, layers)
+    classes = None
+    if args.classes:
+        from ..explanation import resolve_classes
+
+        classes = resolve_classes([c.strip() for c in args.classes.split(",") if c.strip()], adapter.class_names)
+    for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
+        load_image(path)
+
+    out = Path(args.out)
+    stems = _stems(paths)
+    progress = _progress(len(paths))
+    total, method = 0, args.method
+    try:
+        for path, stem in zip(paths, stems):
+            image = load_image(path)
+            ex = explain(adapter, [image], method=args.method, layers=layers, targets=args.targets, conf=args.conf,
+                         classes=classes, max_dets=args.max_dets)
+            ex.settings["image"] = str(path)
+            method = ex.settings["method"]
+            ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
+            n = len(ex.detections[0])
+            total += n
+            if n == 0:
+                _say(progress, f"{path}: no detections (wrote {out / (stem + '.png')} saying so)")
+            elif len(paths) == 1:
+                names = ", ".join(f"{f['name']} {f['score']:.2f}" for f in ex.figures(0))
+                _say(progress, f"{path}: {n} detection(s): {names}")
+            del ex, image
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.close()
+    print(f"explained {total} detection(s) in {len(paths)} image(s) with "
+          f"{method}; wrote {out}")
+    return 0
+
+
+def _progress(total: int):
+    if total <= 1:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the cli extra
+        return None
+    return tqdm(total=total, unit="image", file=sys.stderr)
+
+
+def _say(progress, text: str) -> None:
+    if progress is not None:
+        progress.write(text, file=sys.stderr)
+    else:
+        print(text)

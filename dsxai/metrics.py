@@ -1,0 +1,386 @@
+"""Localization and faithfulness metrics for per-detection saliency maps.
+
+Every localization metric is a pure, batched function on torch tensors: it takes saliency maps ``[N, H, W]``
+(any non-negative scale; NaNs count as 0, negative values as 0) and one ground-truth region per map, and
+returns one value per (map, region) pair, ``[N]`` float32 on the maps' device.
+
+Regions are either boxes ``[N, 4]`` (xyxy in pixel-edge coordinates, as :class:`~dsxai.Detections` and COCO
+use them) or binary masks ``[N, H, W]``; :func:`region_masks` converts them. Pixel ``(row y, col x)`` covers
+``[x, x+1) x [y, y+1)`` and lies inside a box when its centre ``(x + 0.5, y + 0.5)`` does (``x1 <= x + 0.5 <
+x2``), so the box ``(10, 20, 30, 40)`` holds columns 10..29 and rows 20..39.
+
+Conventions (all tested in ``tests/test_metrics.py``):
+
+* **Pointing game** (Zhang et al., ECCV 2016): a hit when the map's maximum lies inside the region grown by
+  ``tolerance`` pixels (Euclidean: every pixel whose centre is within ``tolerance`` of a region pixel's
+  centre; the growth is clipped by the image border). *Ties*: when several pixels share the maximum
+  (within a relative ``1e-6``) the value is the share of those pixels inside the grown region, i.e. the
+  expected hit under uniformly random tie-breaking; a unique maximum gives exactly 0 or 1 and a uniform map
+  scores the grown region's share of the image (chance level), instead of an automatic hit. An all-zero
+  map is a miss (0).
+* **Energy pointing game** (Wang et al., Score-CAM, CVPR-W 2020): the share of the map's mass inside the
+  region (not grown); 0 for an all-zero map.
+* **IoU** of the map binarised at ``threshold * max`` (pixels ``>= threshold * max``) with the region; an
+  all-zero map binarises to nothing (IoU 0). :func:`mean_iou` averages it over thresholds 0.1, 0.2, ..., 0.9.
+* **Box localization accuracy** (Selvaraju et al., Grad-CAM, ICCV 2017): binarise at 15 % of the max, take
+  the largest 8-connected component (OpenCV at the edge), its bounding box (pixel edges), hit when its IoU
+  with the ground-truth box is ``>= 0.5``.
+* **Deletion / insertion** (Petsiuk et al., RISE 2018; D-RISE, CVPR 2021 for detectors): see
+  :func:`deletion_insertion`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .detections import Detections
+
+__all__ = [
+    "region_masks",
+    "box_masks",
+    "dilate",
+    "pointing_game",
+    "energy_pointing_game",
+    "binarize",
+    "iou_at_threshold",
+    "mean_iou",
+    "largest_component_boxes",
+    "box_iou_pairs",
+    "box_localization_accuracy",
+    "auc",
+    "Faithfulness",
+    "deletion_insertion",
+    "IOU_THRESHOLDS",
+]
+
+IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 10))
+_TIE_RTOL = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------- regions
+
+
+def _check_maps(maps: Tensor) -> Tensor:
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"maps must be a torch tensor [N, H, W]; got {type(maps).__name__}")
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be [N, H, W]; got shape {tuple(maps.shape)}")
+    return torch.nan_to_num(maps.float(), nan=0.0).clamp_min(0)
+
+
+def box_masks(boxes: Tensor, size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
+    """Boxes ``[N, 4]`` xyxy (pixel edges) -> bool masks ``[N, H, W]`` of the pixels whose centre is inside."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4)
+    h, w = size
+    ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
+    in_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])  # [N, W]
+    in_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])  # [N, H]
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def region_masks(regions: Tensor, size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
+    """Boxes ``[N, 4]`` (or one box ``[4]``) or masks ``[N, H, W]`` (or one ``[H, W]``) -> bool ``[N, H, W]``."""
+    regions = torch.as_tensor(regions, device=device)
+    if regions.ndim == 1 and regions.numel() == 4:
+        return box_masks(regions, size, device)
+    if regions.ndim == 2 and regions.shape[-1] == 4 and tuple(regions.shape) != tuple(size):
+        return box_masks(regions, size, device)
+    if regions.ndim == 2 and tuple(regions.shape) == tuple(size):
+        regions = regions[None]
+    if regions.ndim == 3 and tuple(regions.shape[-2:]) == tuple(size):
+        return regions.bool()
+    raise ValueError(f"regions must be boxes [N, 4] (xyxy) or masks [N, {size[0]}, {size[1]}] matching the "
+                     f"maps; got shape {tuple(regions.shape)}")
+
+
+def _regions_like(maps: Tensor, regions: Tensor) -> Tensor:
+    masks = region_masks(regions, tuple(maps.shape[-2:]), maps.device)
+    if masks.shape[0] != maps.shape[0]:
+        raise ValueError(f"got {maps.shape[0]} maps but {masks.shape[0]} regions; pass one region per map")
+    return masks
+
+
+def _disk_rectangles(radius: float) -> list[tuple[int, int]]:
+    """A digital disk of ``radius`` as a union of centred rectangles ``(half_height, half_width)``."""
+    r = int(math.floor(radius))
+    widths = [int(math.floor(math.sqrt(max(radius * radius - dy * dy, 0.0)) + 1e-9)) for dy in range(r + 1)]
+    rects = []
+    for dy, wd in enumerate(widths):
+        if dy + 1 > r or widths[dy + 1] < wd:  # the last row of this width
+            rects.append((dy, wd))
+    return rects
+
+
+def dilate(masks: Tensor, radius: float) -> Tensor:
+    """Bool masks ``[N, H, W]`` grown by ``radius`` pixels (Euclidean, between pixel centres), exactly.
+
+    The disk is a union of centred rectangles, so the dilation is a max over a few max-pools; pixels beyond
+    the image border are not part of any mask (the growth is clipped there).
+    """
+    if radius < 0:
+        raise ValueError(f"the tolerance must be >= 0 pixels; got {radius}")
+    masks = masks.bool()
+    if radius < 1 or masks.numel() == 0:
+        return masks
+    x = masks.float()[:, None]
+    out = torch.zeros_like(x)
+    for hh, hw in _disk_rectangles(radius):
+        out = torch.maximum(out, F.max_pool2d(x, (2 * hh + 1, 2 * hw + 1), stride=1, padding=(hh, hw)))
+    return out[:, 0] > 0.5
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def _maximal(maps: Tensor) -> tuple[Tensor, Tensor]:
+    peak = maps.flatten(1).amax(1)
+    is_max = maps >= (peak * (1 - _TIE_RTOL))[:, None, None]
+    return is_max & (peak > 0)[:, None, None], peak
+
+
+def pointing_game(maps: Tensor, regions: Tensor, tolerance: float = 15.0) -> Tensor:
+    """Pointing-game hit per pair, ``[N]`` in [0, 1] (fractional only for tied maxima; see the module doc).
+
+    Args:
+        maps: ``[N, H, W]`` saliency maps.
+        regions: boxes ``[N, 4]`` xyxy or bool masks ``[N, H, W]``.
+        tolerance: grow each region by this many pixels (Euclidean) before the test; 15 as in Zhang et al.
+    """
+    maps = _check_maps(maps)
+    grown = dilate(_regions_like(maps, regions), tolerance)
+    is_max, _ = _maximal(maps)
+    n_max = is_max.flatten(1).sum(1)
+    inside = (is_max & grown).flatten(1).sum(1)
+    return torch.where(n_max > 0, inside.float() / n_max.clamp_min(1).float(), torch.zeros_like(inside).float())
+
+
+def energy_pointing_game(maps: Tensor, regions: Tensor) -> Tensor:
+    """Share of each map's mass inside its region, ``[N]`` in [0, 1]; 0 for an all-zero map."""
+    maps = _check_maps(maps)
+    masks = _regions_like(maps, regions)
+    total = maps.flatten(1).sum(1)
+    inside = (maps * masks).flatten(1).sum(1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def binarize(maps: Tensor, threshold: float = 0.5) -> Tensor:
+    """Pixels ``>= threshold * max`` of each map (bool ``[N, H, W]``); an all-zero map gives no pixel."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold is a fraction of the map's max in (0, 1]; got {threshold}")
+    maps = _check_maps(maps)
+    peak = maps.flatten(1).amax(1)
+    return (maps >= (threshold * peak)[:, None, None]) & (peak > 0)[:, None, None]
+
+
+def _mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
+
+
+def iou_at_threshold(maps: Tensor, regions: Tensor, threshold: float = 0.5) -> Tensor:
+    """IoU of each map binarised at ``threshold * max`` with its region, ``[N]``."""
+    maps = _check_maps(maps)
+    return _mask_iou(binarize(maps, threshold), _regions_like(maps, regions))
+
+
+def mean_iou(maps: Tensor, regions: Tensor, thresholds: Sequence[float] = IOU_THRESHOLDS) -> Tensor:
+    """:func:`iou_at_threshold` averaged over ``thresholds`` (default 0.1, 0.2, ..., 0.9), ``[N]``."""
+    maps = _check_maps(maps)
+    masks = _regions_like(maps, regions)
+    return torch.stack([_mask_iou(binarize(maps, t), masks) for t in thresholds]).mean(0)
+
+
+def largest_component_boxes(maps: Tensor, threshold: float = 0.15) -> Tensor:
+    """Box (xyxy, pixel edges) around the largest 8-connected component of each map binarised at
+    ``threshold * max``; ``[N, 4]`` float32 on the maps' device, all zeros for an all-zero map.
+
+    Ties between components of equal size go to the one OpenCV labels first (raster order of its first pixel).
+    """
+    import cv2
+
+    binary = binarize(maps, threshold).cpu().numpy().astype(np.uint8)
+    out = np.zeros((len(binary), 4), np.float32)
+    for i, b in enumerate(binary):
+        n, _, stats, _ = cv2.connectedComponentsWithStats(b, connectivity=8)
+        if n <= 1:
+            continue
+        k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        x, y, w, h = (int(stats[k, j]) for j in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                   cv2.CC_STAT_HEIGHT))
+        out[i] = (x, y, x + w, y + h)
+    return torch.from_numpy(out).to(maps.device)
+
+
+def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of box ``a[i]`` with box ``b[i]`` (xyxy), ``[N]``; 0 when both are empty."""
+    a, b = a.float().reshape(-1, 4), b.float().reshape(-1, 4).to(a.device)
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp_min(0).prod(1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+def box_localization_accuracy(maps: Tensor, boxes: Tensor, threshold: float = 0.15,
+                              iou: float = 0.5) -> Tensor:
+    """Grad-CAM localization: 1 when the box of the largest component (at ``threshold * max``) has IoU
+    ``>= iou`` with the ground-truth box, else 0; ``[N]`` float32."""
+    maps = _check_maps(maps)
+    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=maps.device).reshape(-1, 4)
+    if boxes.shape[0] != maps.shape[0]:
+        raise ValueError(f"got {maps.shape[0]} maps but {boxes.shape[0]} boxes; pass one box per map")
+    return (box_iou_pairs(largest_component_boxes(maps, threshold), boxes) >= iou).float()
+
+
+# ----------------------------------------------------------------------------------------------- faithfulness
+
+
+def auc(curve: Tensor) -> Tensor:
+    """Area under curves ``[..., K+1]`` sampled at fractions 0, 1/K, ..., 1 (trapezoid rule)."""
+    k = curve.shape[-1] - 1
+    if k < 1:
+        raise ValueError("a curve needs at least two points")
+    return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * k)
+
+
+@dataclass
+class Faithfulness:
+    """Deletion and insertion results of one image's detections.
+
+    ``deletion`` / ``insertion``: curves ``[T, K+1]``, the detection's score after removing / revealing
+    fractions 0, 1/K, ..., 1 of the pixels (most salient first); ``deletion_auc`` / ``insertion_auc``
+    ``[T]``. Lower deletion AUC and higher insertion AUC mean a more faithful map.
+    """
+
+    deletion: Tensor
+    insertion: Tensor
+    deletion_auc: Tensor
+    insertion_auc: Tensor
+
+
+def blurred(image: Tensor, sigma: float | None = None) -> Tensor:
+    """Gaussian-blurred copy of a float ``[3, H, W]`` image (sigma defaults to 5 % of the longer side)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    h, w = image.shape[-2:]
+    sigma = float(sigma if sigma is not None else max(1.0, 0.05 * max(h, w)))
+    k = int(2 * math.ceil(3 * sigma) + 1)
+    k = min(k, 2 * ((min(h, w) - 1) // 2) + 1) if min(h, w) > 2 else 1
+    if k < 3:
+        return image.clone()
+    return gaussian_blur(image[None], [k, k], [sigma, sigma])[0]
+
+
+def _match_scores(found: Sequence[Detections], box: Tensor, label: int) -> Tensor:
+    """D-RISE similarity of each perturbed image's detections to one original detection:
+    max over detections of ``IoU(box) * score`` among those of the same class (0 when none)."""
+    out = []
+    for d in found:
+        same = d.labels.cpu() == label
+        if not bool(same.any()):
+            out.append(0.0)
+            continue
+        ious = box_iou_pairs(d.boxes.cpu()[same], box.cpu().expand(int(same.sum()), 4))
+        out.append(float((ious * d.scores.cpu()[same]).max()))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: Tensor, steps: int = 20,
+                       baseline: str = "blur", batch_size: int = 16, conf: float = 0.01,
+                       **predict_options: Any) -> Faithfulness:
+    """Deletion and insertion curves (D-RISE protocol) of each detection of one image.
+
+    For detection ``t`` with map ``maps[t]`` the pixels are ranked by saliency (ties in raster order). At step
+    ``k = 0..K`` (``K = steps``) the top ``round(k / K * H * W)`` pixels are *removed* (deletion: replaced by
+    the baseline image) or *revealed* (insertion: the baseline image with those pixels taken from the
+    original). Every perturbed image is run through ``adapter.predict`` (batched, ``batch_size`` images a
+    forward, confidence threshold ``conf`` so that weakened detections are still seen) and scored as in
+    D-RISE: the best ``IoU(found box, original box) * found score`` over found detections of the original's
+    class. AUCs use the trapezoid rule over the fraction axis [0, 1] and are raw scores (not divided by the
+    original score), so they lie in [0, 1].
+
+    Args:
+        adapter: a :class:`dsxai.adapter.Adapter` (its ``predict`` is used).
+        image: the original image (anything ``dsxai.imaging.load_image`` takes).
+        detections: the detections to test (``T`` of them), as the adapter found them on ``image``.
+        maps: ``[T, H, W]`` saliency maps over the original image.
+        steps: ``K``, the number of perturbation steps.
+        baseline: ``"blur"`` (Gaussian blur, sigma 5 % of the longer side; the default) or ``"mean"`` (the
+            image's per-channel mean colour, a flat grey-ish image).
+        batch_size: images per ``predict`` call.
+        conf: confidence threshold passed to ``predict``.
+        predict_options: more ``predict`` options (e.g. ``iou``).
+    """
+    from .imaging import load_image
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    if baseline not in ("blur", "mean"):
+        raise ValueError(f"unknown baseline {baseline!r}; use 'blur' or 'mean'")
+    maps = _check_maps(maps)
+    if maps.shape[0] != len(detections):
+        raise ValueError(f"got {maps.shape[0]} maps for {len(detections)} detections")
+    rgb = load_image(image)
+    h, w = rgb.shape[:2]
+    if tuple(maps.shape[-2:]) != (h, w):
+        raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the image is {(h, w)}; pass maps over the "
+                         "original image (as Adapter.explain returns them)")
+    device = maps.device
+    t_count = maps.shape[0]
+    if t_count == 0:
+        empty = torch.zeros(0, steps + 1, device=device)
+        return Faithfulness(empty, empty.clone(), torch.zeros(0, device=device), torch.zeros(0, device=device))
+    original = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float()
+    if baseline == "blur":
+        base = blurred(original)
+    else:
+        base = original.mean((1, 2), keepdim=True).expand_as(original).clone()
+
+    # rank of each pixel in the saliency order (0 = most salient), ties in raster order
+    flat = maps.flatten(1)
+    order = torch.argsort(-flat, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w, device=device).expand(t_count, -1))
+    counts = [int(round(k / steps * h * w)) for k in range(1, steps)]  # inner steps 1..K-1
+
+    def compose(t: int, k_count: int, mode: str) -> np.ndarray:
+        top = (rank[t] < k_count).view(1, h, w)
+        img = torch.where(top, base, original) if mode == "deletion" else torch.where(top, original, base)
+        return img.round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+    jobs: list[np.ndarray] = [rgb, compose(0, 0, "insertion")]  # k = 0 of deletion / of insertion
+    for t in range(t_count):
+        for mode in ("deletion", "insertion"):
+            jobs.extend(compose(t, c, mode) for c in counts)
+
+    found: list[Detections] = []
+    opts = dict(predict_options, conf=conf)
+    for start in range(0, len(jobs), batch_size):
+        found.extend(adapter.predict(jobs[start:start + batch_size], **opts))
+
+    deletion = torch.zeros(t_count, steps + 1)
+    insertion = torch.zeros(t_count, steps + 1)
+    inner = steps - 1
+    for t in range(t_count):
+        box, label = detections.boxes[t].cpu().reshape(1, 4), int(detections.labels[t])
+        full, none = _match_scores(found[0:2], box, label)
+        offset = 2 + t * 2 * inner
+        deletion[t, 0], deletion[t, steps] = full, none
+        insertion[t, 0], insertion[t, steps] = none, full
+        if inner:
+            deletion[t, 1:steps] = _match_scores(found[offset:offset + inner], box, label)
+            insertion[t, 1:steps] = _match_scores(found[offset + inner:offset + 2 * inner], box, label)
+    deletion, insertion = deletion.to(device), insertion.to(device)
+    return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))

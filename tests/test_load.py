@@ -1,0 +1,143 @@
+"""``dsxai.adapters.load`` picks the right adapter and fails clearly; ``dsxai layers`` lists layers."""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from dsxai.adapters import load  # noqa: E402
+from dsxai.cli import main  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "weights"
+
+
+@pytest.fixture(scope="module")
+def small_fasterrcnn():
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    torch.manual_seed(0)
+    return fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=5).eval()
+
+
+def test_adapter_is_returned_as_is(small_fasterrcnn):
+    adapter = load(small_fasterrcnn)
+    assert type(adapter).__name__ == "TorchvisionDetectionAdapter"
+    assert load(adapter) is adapter
+    with pytest.raises(ValueError, match="already an Adapter"):
+        load(adapter, imgsz=320)
+
+
+def test_objects_of_each_family():
+    pytest.importorskip("ultralytics")
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolov8n.yaml")
+    adapter = load(yolo, imgsz=160)
+    assert type(adapter).__name__ == "UltralyticsAdapter" and adapter.model is yolo.model
+    unet = smp.Unet("resnet18", encoder_weights=None, classes=3)
+    assert type(load(unet)).__name__ == "SMPAdapter"
+    assert type(load("yolov8n-seg.yaml", imgsz=160)).__name__ == "UltralyticsAdapter"
+
+
+def test_unknown_object_says_what_to_use():
+    with pytest.raises(TypeError, match="SegmenterAdapter"):
+        load(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_torchvision_state_dict_needs_arch(tmp_path, small_fasterrcnn):
+    path = tmp_path / "frcnn.pth"
+    torch.save(small_fasterrcnn.state_dict(), path)
+    with pytest.raises(ValueError, match="bare state dict.*arch="):
+        load(path)
+    adapter = load(path, arch="fasterrcnn_mobilenet_v3_large_320_fpn")
+    for (name, a), b in zip(adapter.detector.state_dict().items(), small_fasterrcnn.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert adapter.model.num_classes == 5
+    with pytest.raises(ValueError, match="does not fit arch"):
+        load(path, arch="fasterrcnn_resnet50_fpn")
+    with pytest.raises(ValueError, match="unknown arch 'fasterrcnn_resnet9000'"):
+        load(path, arch="fasterrcnn_resnet9000")
+
+
+def test_smp_state_dict(tmp_path):
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    unet = smp.Unet("resnet18", encoder_weights=None, classes=4)
+    path = tmp_path / "unet.pt"
+    torch.save({"state_dict": unet.state_dict()}, path)
+    adapter = load(path, arch="smp:Unet:resnet18")
+    assert type(adapter).__name__ == "SMPAdapter"
+    out = adapter.model(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 4, 64, 64)
+    with pytest.raises(ValueError, match="smp:<Architecture>:<encoder>"):
+        load(path, arch="smp:Unet")
+
+
+def test_missing_corrupt_and_unknown_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found.*Ultralytics"):
+        load(tmp_path / "nope.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="damaged or not a PyTorch checkpoint"):
+        load(tmp_path / "garbage.pt")
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        load(tmp_path / "other.pt")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x01")
+    with pytest.raises(ValueError, match="onnx2torch"):
+        load(tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match="is a folder"):
+        load(tmp_path)
+
+
+def test_truncated_ultralytics_checkpoint(tmp_path):
+    pytest.importorskip("ultralytics")
+    from dsxai import zoo
+
+    try:
+        data = zoo.shapes_yolov8_path().read_bytes()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert type(load(zoo.shapes_yolov8_path(), imgsz=256)).__name__ == "UltralyticsAdapter"
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="damaged"):
+        load(tmp_path / "cut.pt")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/weights is absent")
+def test_real_checkpoints_by_path():
+    pytest.importorskip("ultralytics")
+    yolov8 = load(SHARED / "yolov8s_fall_ultralytics" / "best.pt")
+    assert type(yolov8).__name__ == "UltralyticsAdapter"
+    try:
+        import yolov5  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="yolov5"):
+            load(SHARED / "yolov5n_coco" / "yolov5n.pt")
+    else:
+        yolov5_adapter = load(SHARED / "yolov5n_coco" / "yolov5n.pt")
+        assert type(yolov5_adapter).__name__ == "YOLOv5Adapter" and len(yolov5_adapter.class_names) == 80
+
+
+def test_layers_command(capsys):
+    pytest.importorskip("ultralytics")
+    assert main(["layers", "yolov8n.yaml", "--imgsz", "128"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "(default)" in line]
+    assert [line.split()[0] for line in lines] == ["model.15", "model.18", "model.21"]
+    assert "[1, 64, 16, 16]" in out  # P3 of YOLOv8n at 128 px: 64 channels, stride 8
+
+
+def test_layers_command_errors(tmp_path, capsys):
+    assert main(["layers", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and len(err.strip().splitlines()) == 1
+    path = tmp_path / "sd.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    assert main(["layers", str(path)]) == 2
+    assert "--arch" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""The shipped shapes-world models load and reach their quality targets on held-out scenes.
+
+Targets (held-out scenes ``make_scenes(N_EVAL, TEST_SEED)``, disjoint from the training/validation seeds):
+detectors COCO mAP@0.5 >= 0.9 (pycocotools COCOeval; YOLOv8-seg also for its masks), U-Net mIoU >= 0.9 over
+all 5 classes (background included) and over the 4 object classes.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before any ultralytics import: no network checks
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pycocotools")
+
+from dsxai import shapes, zoo  # noqa: E402
+
+# pycocotools 2.0.x calls np.array(copy=False) on numpy 2
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+N_EVAL = 80
+MAP50_TARGET = 0.9
+MIOU_TARGET = 0.9
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> list[shapes.Scene]:
+    return shapes.make_scenes(N_EVAL, zoo.TEST_SEED)
+
+
+def test_seeds_are_disjoint():
+    assert len({zoo.TRAIN_SEED, zoo.VAL_SEED, zoo.TEST_SEED}) == 3
+    a = shapes.make_scenes(3, zoo.TRAIN_SEED)
+    b = shapes.make_scenes(3, zoo.TEST_SEED)
+    assert not any(np.array_equal(x.image, y.image) for x in a for y in b)
+
+
+def test_checkpoints_exist_and_are_small():
+    files = [zoo.shapes_yolov8_path(), zoo.shapes_yolov8_seg_path(),
+             zoo.weights_path("shapes_fasterrcnn.pt"), zoo.weights_path("shapes_unet.pt")]
+    total = sum(f.stat().st_size for f in files)
+    assert total <= 10 * 1024 * 1024, f"shipped checkpoints take {total / 1e6:.1f} MB"
+
+
+def test_missing_checkpoint_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m dsxai.zoo.train_unet"):
+        zoo.load_shapes_unet()
+    with pytest.raises(FileNotFoundError, match="python -m dsxai.zoo.train_fasterrcnn"):
+        zoo.load_shapes_fasterrcnn()
+    with pytest.raises(FileNotFoundError, match="train_yolo --task segment"):
+        zoo.shapes_yolov8_seg_path()
+
+
+# ----------------------------------------------------------------------------------------------- YOLO
+
+
+@pytest.fixture(scope="module")
+def ultralytics_yolo():
+    pytest.importorskip("ultralytics")
+    from ultralytics import YOLO
+
+    return YOLO
+
+
+def test_yolo_detector_map(ultralytics_yolo, held_out):
+    model = ultralytics_yolo(str(zoo.shapes_yolov8_path()))
+    assert model.task == "detect"
+    assert dict(model.names) == dict(enumerate(zoo.SHAPES_CLASSES))
+    assert all(p.dtype == torch.float32 for p in model.model.parameters())  # Ultralytics loads fp16 as fp32
+    preds = zoo.predict_yolo(model, held_out)
+    m = zoo.coco_evaluate(held_out, preds)
+    assert m["map50"] >= MAP50_TARGET, m
+
+
+def test_yolo_seg_map(ultralytics_yolo, held_out):
+    model = ultralytics_yolo(str(zoo.shapes_yolov8_seg_path()))
+    assert model.task == "segment"
+    assert dict(model.names) == dict(enumerate(zoo.SHAPES_CLASSES))
+    preds = zoo.predict_yolo(model, held_out, masks=True)
+    assert all(p["masks"].shape[1:] == s.size for p, s in zip(preds, held_out))
+    box = zoo.coco_evaluate(held_out, preds)
+    seg = zoo.coco_evaluate(held_out, preds, iou_type="segm")
+    assert box["map50"] >= MAP50_TARGET, box
+    assert seg["map50"] >= MAP50_TARGET, seg
+
+
+# ----------------------------------------------------------------------------------------------- Faster R-CNN
+
+
+@pytest.fixture(scope="module")
+def fasterrcnn():
+    return zoo.load_shapes_fasterrcnn()
+
+
+def test_fasterrcnn_loads_float32_eval(fasterrcnn):
+    assert not fasterrcnn.training
+    assert all(p.dtype == torch.float32 for p in fasterrcnn.state_dict().values() if p.is_floating_point())
+
+
+def test_fasterrcnn_map(fasterrcnn, held_out):
+    m = zoo.coco_evaluate(held_out, zoo.predict_torchvision(fasterrcnn, held_out))
+    assert m["map50"] >= MAP50_TARGET, m
+
+
+def test_fasterrcnn_does_not_rely_on_colour(fasterrcnn, held_out):
+    # object colours are random, so swapping colour channels must not break the detector
+    subset = held_out[:40]
+    swapped = [shapes.Scene(s.image[..., ::-1].copy(), s.boxes, s.labels, s.masks, s.semantic) for s in subset]
+    m = zoo.coco_evaluate(swapped, zoo.predict_torchvision(fasterrcnn, swapped))
+    assert m["map50"] >= MAP50_TARGET - 0.05, m
+
+
+# ----------------------------------------------------------------------------------------------- U-Net
+
+
+def test_unet_miou(held_out):
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo.train_unet import evaluate
+
+    model = zoo.load_shapes_unet()
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad():
+        out = model(zoo.unet_preprocess(held_out[0].image))
+    assert out.shape == (1, len(zoo.SHAPES_CLASSES) + 1, 256, 256)
+    m = evaluate(model, held_out)
+    assert m["miou"] >= MIOU_TARGET, m
+    assert m["miou_objects"] >= MIOU_TARGET, m
+
+
+def test_unet_preprocess_equivalent_inputs(held_out):
+    imgs = np.stack([s.image for s in held_out[:2]])
+    a = zoo.unet_preprocess(imgs)
+    b = zoo.unet_preprocess(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+    assert a.shape == (2, 3, 256, 256) and torch.allclose(a, b)
+    mean = torch.tensor(zoo.UNET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(zoo.UNET_STD).view(1, 3, 1, 1)
+    assert torch.allclose(a * std + mean, torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- reproducibility
+
+
+def _train_twice(train_fn, **kw):
+    a = train_fn(**kw).state_dict()
+    b = train_fn(**kw).state_dict()
+    return a, b
+
+
+@pytest.mark.parametrize("module", ["train_fasterrcnn", "train_unet"])
+def test_training_is_reproducible(module):
+    import importlib
+
+    if module == "train_unet":
+        pytest.importorskip("segmentation_models_pytorch")
+    train = importlib.import_module(f"dsxai.zoo.{module}").train
+    kw = dict(steps=2, batch=2, warmup=1, log_every=0, threads=min(2, torch.get_num_threads()))
+    a, b = _train_twice(train, **kw)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    c = train(seed=1, **kw).state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
