@@ -1,137 +1,152 @@
-"""``dsxai demo``: explain built-in shapes scenes, no download and no GPU needed.
+"""``dsxai demo``: explain held-out shapes scenes with the shipped models; no download, no GPU.
 
-A small fully-convolutional segmenter is trained for a few seconds on generated
-shapes scenes (seeded, so every run gives the same model); then every object's
-mask in held-out scenes is explained with several CAM methods, one map per
-object from one batched call per method. The gallery and ``summary.md`` show the
-maps fused with the objects' boxes, and the share of each map's energy inside its
-own object's box beside what a box-centred Gaussian scores.
+The shapes world (:mod:`dsxai.shapes`) knows every object's box and mask, so the
+demo can say how well each map points at its own object, not only draw it. For
+each shipped model (Ultralytics YOLOv8, torchvision Faster R-CNN, smp U-Net) and
+each method, every detection or mask of a scene is explained by one batched call.
+The gallery compares methods side by side; ``summary.md`` embeds it with a table
+of the share of each map's energy inside its own object's mask, beside what a
+Gaussian at the box centre scores (the box prior: what a map gets for free from
+the box), and how often the map peaks inside its own box.
 """
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import cv2
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor
 
 from .detections import Detections
-from .methods import get_method
-from .render import grid, render_detections
-from .shapes import CATEGORIES, make_scenes, to_tensors
-from .targets import MaskTarget
+from .render import compare_methods, render_masks, grid, titled, write_png
+from .shapes import Scene, make_scenes
 
-SIZE = 128
-METHODS = ("gradcam", "hirescam", "layercam", "eigencam")
-SCENE_OPTIONS = dict(size=(SIZE, SIZE), object_size=(18, 56), n_objects=(2, 4))
-
-
-class TinySegmenter(nn.Module):
-    def __init__(self, classes: int = len(CATEGORIES) + 1):
-        super().__init__()
-
-        def block(cin, cout, stride=1, dilation=1):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation),
-                                 nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.features = nn.Sequential(block(3, 16), block(16, 32, 2), block(32, 32), block(32, 48, 2),
-                                      block(48, 48, dilation=2), block(48, 64, dilation=4))
-        self.head = nn.Conv2d(64, classes, 1)
-
-    def forward(self, x):
-        logits = self.head(self.features(x))
-        return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+METHODS = ("eigencam", "gradcam", "hirescam", "layercam")
+MODELS = ("shapes-yolo", "shapes-fasterrcnn", "shapes-unet")
+TITLES = {"shapes-yolo": "YOLOv8 (Ultralytics)", "shapes-fasterrcnn": "Faster R-CNN (torchvision)",
+          "shapes-unet": "U-Net (segmentation-models-pytorch)"}
+N_SCENES = 4
 
 
-def train_segmenter(steps: int = 300, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    scenes = make_scenes(512, seed=seed, **SCENE_OPTIONS)
-    images, targets = to_tensors(scenes)
-    labels = torch.stack([t["semantic"] for t in targets])
-    model = TinySegmenter()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    weights = torch.tensor([0.3, 1, 1, 1, 1])  # background dominates the pixels
-    model.train()
-    for _ in range(steps):
-        index = torch.randint(len(images), (16,), generator=generator)
-        loss = nn.functional.cross_entropy(model(images[index]), labels[index], weight=weights)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+@dataclass
+class _Scores:
+    inside_mask: list[float] = field(default_factory=list)
+    prior: list[float] = field(default_factory=list)
+    peak_in_box: list[float] = field(default_factory=list)
+
+    def row(self) -> tuple[float, float, float, int]:
+        mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
+        return mean(self.inside_mask), mean(self.prior), mean(self.peak_in_box), len(self.inside_mask)
 
 
-def energy_in_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Share of each map's total mass inside its own box."""
-    h, w = maps.shape[-2:]
-    ys = torch.arange(h).view(-1, 1) + 0.5
-    xs = torch.arange(w).view(1, -1) + 0.5
-    inside = ((xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
-              & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None])).float()
-    return (maps * inside).flatten(1).sum(1) / maps.flatten(1).sum(1).clamp_min(1e-12)
-
-
-def box_gaussians(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The box prior: a Gaussian at each box centre with sigma a quarter of its sides."""
+def box_prior(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """A Gaussian at each box centre with sigma a quarter of the box side: ``[N, H, W]``."""
     h, w = size
-    ys = torch.arange(h).view(1, -1, 1) + 0.5
-    xs = torch.arange(w).view(1, 1, -1) + 0.5
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    sx, sy = ((boxes[:, 2] - boxes[:, 0]) / 4).clamp_min(1), ((boxes[:, 3] - boxes[:, 1]) / 4).clamp_min(1)
-    return torch.exp(-((xs - cx.view(-1, 1, 1)) / sx.view(-1, 1, 1)) ** 2 / 2
-                     - ((ys - cy.view(-1, 1, 1)) / sy.view(-1, 1, 1)) ** 2 / 2)
+    ys = torch.arange(h, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(w, dtype=torch.float32)[None] + 0.5
+    b = boxes.float()
+    cx, cy = ((b[:, 0] + b[:, 2]) / 2)[:, None, None], ((b[:, 1] + b[:, 3]) / 2)[:, None, None]
+    sx = ((b[:, 2] - b[:, 0]) / 4).clamp_min(1)[:, None, None]
+    sy = ((b[:, 3] - b[:, 1]) / 4).clamp_min(1)[:, None, None]
+    return torch.exp(-((xs - cx) ** 2 / (2 * sx ** 2) + (ys - cy) ** 2 / (2 * sy ** 2)))
 
 
-def run_demo(out: str | Path = "out/demo", scenes: int = 4, steps: int = 300) -> Path:
+def _energy_inside(maps: Tensor, masks: Tensor) -> Tensor:
+    return (maps * masks).flatten(1).sum(1) / maps.flatten(1).sum(1).clamp_min(1e-12)
+
+
+def _peak_in_box(maps: Tensor, boxes: Tensor) -> Tensor:
+    w = maps.shape[-1]
+    idx = maps.flatten(1).argmax(1)
+    y, x = (idx // w).float() + 0.5, (idx % w).float() + 0.5
+    return ((x >= boxes[:, 0]) & (x <= boxes[:, 2]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])).float()
+
+
+def _own_masks(detections: Detections, scene: Scene) -> tuple[Tensor, Tensor]:
+    """The ground-truth mask of each detection (box IoU >= 0.5, else mask IoU for segmenters)."""
+    from torchvision.ops import box_iou
+
+    truth = torch.as_tensor(scene.masks)
+    if len(detections) == 0 or len(truth) == 0:
+        return torch.zeros(0, *scene.size), torch.zeros(0, dtype=torch.bool)
+    iou = box_iou(detections.boxes.float(), torch.as_tensor(scene.boxes, dtype=torch.float32))
+    best = iou.argmax(1)
+    return truth[best].float(), iou.max(1).values >= 0.5
+
+
+def _score(scores: _Scores, detections: Detections, maps: Tensor, scene: Scene, prior: bool) -> None:
+    maps = maps.float().cpu()
+    masks, matched = _own_masks(detections, scene)
+    if matched.any():
+        scores.inside_mask += _energy_inside(maps[matched], masks[matched]).tolist()
+        if prior:
+            scores.prior += _energy_inside(box_prior(detections.boxes[matched], scene.size),
+                                           masks[matched]).tolist()
+    scores.peak_in_box += _peak_in_box(maps, detections.boxes.float()).tolist()
+
+
+def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = METHODS,
+             models: tuple[str, ...] = MODELS, n_scenes: int = N_SCENES,
+             log: Callable[[str], None] = print) -> Path:
+    """Explain ``n_scenes`` held-out scenes with each shipped model and method; return ``summary.md``'s path."""
+    from . import zoo
+
+    started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    start = time.perf_counter()
-    model = train_segmenter(steps)
-    print(f"trained the demo segmenter on shapes scenes in {time.perf_counter() - start:.0f} s")
-    held_out = make_scenes(scenes, seed=1, **SCENE_OPTIONS)
-    images, truth = to_tensors(held_out)
-    with torch.no_grad():
-        predicted = model(images).argmax(1)
-    accuracy = float((predicted == torch.stack([t["semantic"] for t in truth])).float().mean())
-    target = MaskTarget([t["masks"].bool() for t in truth], [t["labels"] for t in truth], reduce="mean")
-    shares: dict[str, list[float]] = {m: [] for m in METHODS}
-    shares["box prior (Gaussian)"] = []
-    rows = []
-    for i, scene in enumerate(held_out):
-        boxes = torch.as_tensor(scene.boxes)
-        shares["box prior (Gaussian)"] += energy_in_boxes(box_gaussians(boxes, scene.size), boxes).tolist()
-    for name in METHODS:
-        maps = get_method(name)(model, ["features.5"])(images, target)
-        pictures = []
-        for i, scene in enumerate(held_out):
-            boxes = torch.as_tensor(scene.boxes)
-            detections = Detections(boxes=boxes, scores=torch.ones(len(boxes)), labels=torch.as_tensor(scene.labels),
-                                    image_size=scene.size, class_names=dict(enumerate(("bg",) + CATEGORIES)))
-            shares[name] += energy_in_boxes(maps[i], boxes).tolist()
-            pictures.append(render_detections(scene.image, detections, maps[i]))
-        panel = out / f"{name}.png"
-        cv2.imwrite(str(panel), cv2.cvtColor(grid(pictures, columns=len(pictures)), cv2.COLOR_RGB2BGR))
-        rows.append((name, panel.name))
-    lines = [
-        "# dsxai demo: one map per object mask",
-        "",
-        f"A {sum(p.numel() for p in model.parameters()) // 1000}k-parameter segmenter trained {steps} steps on "
-        f"generated shapes scenes (pixel accuracy on held-out scenes {accuracy:.1%}). Every object's mask "
-        "target (class logit averaged inside the mask) gets its own map from one batched call; each box shows "
-        "its own map rescaled inside it.",
-        "",
-        "| method | energy inside own box (mean) |",
-        "| --- | --- |",
-    ] + [f"| {k} | {np.mean(v):.2f} |" for k, v in shares.items()] + [""]
-    for name, panel in rows:
-        lines += [f"## {name}", "", f"![{name}]({panel})", ""]
-    summary = out / "summary.md"
-    summary.write_text("\n".join(lines))
-    for k, v in shares.items():
-        print(f"  {k:22s} energy inside own box: {np.mean(v):.2f}")
-    print(f"wrote {len(rows)} pictures and {summary} in {time.perf_counter() - start:.0f} s")
+    scenes = make_scenes(n_scenes, zoo.TEST_SEED)
+    table: dict[str, dict[str, _Scores]] = {}
+    pictures: dict[str, list[str]] = {}
+    for name in models:
+        adapter = zoo.load_adapter(name)
+        table[name] = {m: _Scores() for m in methods}
+        pictures[name] = []
+        for k, scene in enumerate(scenes):
+            maps_by_method, detections = {}, None
+            for method in methods:
+                (detections,), (maps,) = adapter.explain(scene.image, method=method)
+                maps_by_method[method] = maps
+                _score(table[name][method], detections, maps, scene, prior=True)
+            if adapter.task == "segment":
+                panels = [titled(render_masks(scene.image, detections, maps), method)
+                          for method, maps in maps_by_method.items()]
+                picture = grid(panels, columns=len(panels))
+            else:
+                picture = compare_methods(scene.image, detections, maps_by_method, columns=len(maps_by_method))
+            path = write_png(out / f"{name}_scene{k}.png", picture)
+            pictures[name].append(path.name)
+        log(f"  {TITLES[name]}: {n_scenes} scenes x {len(methods)} methods done")
+    summary = _summary(out, table, pictures, methods, n_scenes, time.perf_counter() - started)
+    log(f"dsxai demo: wrote {sum(map(len, pictures.values()))} pictures and {summary} "
+        f"in {time.perf_counter() - started:.0f} s")
     return summary
+
+
+def _summary(out: Path, table: dict[str, dict[str, _Scores]], pictures: dict[str, list[str]],
+             methods: tuple[str, ...], n_scenes: int, seconds: float) -> Path:
+    lines = [
+        "# dsxai demo: shapes scenes explained by the shipped models", "",
+        f"{n_scenes} held-out scenes (`dsxai.shapes.make_scenes({n_scenes}, TEST_SEED)`), every detection or "
+        "predicted mask explained by each method in one batched call per scene. Pictures: each box shows its "
+        "own map rescaled inside it (U-Net: each mask shows its own map).", "",
+        "Figures per map, over detections matched to a ground-truth object (box IoU >= 0.5):", "",
+        "- **energy in mask**: share of the map's total energy inside its own object's mask;",
+        "- **box prior**: the same share for a Gaussian at the detected box's centre (sigma = box side / 4), "
+        "what a map gets for free from the box; a map that says more than its box scores above it;",
+        "- **peak in box**: how often the map's maximum lies inside its own box.", "",
+    ]
+    for name, rows in table.items():
+        lines += [f"## {TITLES[name]}", "", "| method | energy in mask | box prior | peak in box | maps |",
+                  "|---|---|---|---|---|"]
+        for method in methods:
+            inside, prior, peak, n = rows[method].row()
+            lines.append(f"| {method} | {inside:.3f} | {prior:.3f} | {peak:.3f} | {n} |")
+        lines += [""] + [f"![{name} scene {k}]({file})" for k, file in enumerate(pictures[name])] + [""]
+    lines.append(f"Made in {seconds:.0f} s on {torch.get_num_threads()} CPU threads.")
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -30,7 +30,9 @@ __all__ = ["Explanation", "explain", "DEFAULT_METHOD", "energy_inside", "map_fig
 #: Default CAM method per adapter task. Plain GradCAM averages the gradient over the whole
 #: feature map, so on detectors (one small box among many anchors) its map peaks inside its own
 #: box only 27-41% of the time on real YOLO checkpoints, while LayerCAM and HiResCAM, which keep
-#: the gradient's location, reach 98%+. LayerCAM (positive gradients only) is the default everywhere.
+#: the gradient's location, reach 98%+. On a semantic segmenter with per-mask targets (the demo
+#: model, 8 scenes) the mean energy share inside the own box was GradCAM 0.52, EigenCAM 0.26,
+#: LayerCAM 0.97, HiResCAM 0.98. LayerCAM (positive gradients only) is the default everywhere.
 DEFAULT_METHOD: dict[str, str] = {"detect": "layercam", "instance": "layercam", "segment": "layercam"}
 
 _FORMAT = "dsxai.explanation/1"
@@ -324,9 +326,10 @@ def _method_option_names(method_cls: type[BaseCAM]) -> set[str]:
 
 
 def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], method: str | None = None,
-            layers: Sequence[str] | str | None = None, targets: str = "boxes", conf: float | None = None,
+            layers: Sequence[str] | str | None = None, targets: str | None = None, conf: float | None = None,
             classes: Sequence[int | str] | int | str | None = None, max_dets: int | None = None,
-            device: str | torch.device | None = None, batch_size: int = 4, **options: Any) -> Explanation:
+            device: str | torch.device | None = None, batch_size: int = 4,
+            adapter_options: dict[str, Any] | None = None, **options: Any) -> Explanation:
     """Detections and one heatmap per detection (or mask) for each image.
 
     Args:
@@ -337,13 +340,16 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
             model's task (LayerCAM: it localises per box where plain GradCAM does not).
         layers: layer names (default: the adapter's ``default_layers``).
         targets: ``"boxes"`` (one map per detection), ``"masks"`` (per predicted mask) or
-            ``"classes"`` (Ultralytics: per class as a whole).
+            ``"classes"`` (Ultralytics: per class as a whole); None: the adapter's default
+            (masks for semantic segmenters, boxes otherwise).
         conf: score threshold (None: the adapter's default). Semantic segmenters have no scores
             and ignore it.
         classes: keep these classes only: names or ids of the model.
         max_dets: at most this many detections (masks) per image.
         device: run the model there (a given module is moved).
         batch_size: images explained per forward/backward (memory stays bounded).
+        adapter_options: passed to ``dsxai.adapters.load`` when it builds the adapter
+            (e.g. ``{"imgsz": 1280}`` for YOLO, ``{"arch": "smp:Unet:resnet34"}``).
         **options: method options (``noise_samples``, ``hflip``, ``chunk_size``, ...) and target
             options of the adapter (``iou``, ``min_area``, ``per``, ...), told apart by name.
     """
@@ -351,13 +357,16 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
 
     if isinstance(model_or_adapter, Adapter):
         adapter = model_or_adapter
+        if adapter_options:
+            raise ValueError("adapter_options apply only when dsxai builds the adapter; configure yours directly")
         if device is not None:
             adapter.model.to(device)
     else:
         from dsxai.adapters import load
 
-        adapter = load(model_or_adapter, device=device)
+        adapter = load(model_or_adapter, device=device, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
+    targets = targets or adapter.default_targets
     method = method or DEFAULT_METHOD.get(task, "layercam")
     method_cls = get_method(method)
     if batch_size < 1:

@@ -183,6 +183,16 @@ def draw_label(out: np.ndarray, text: str, box: Sequence[int], color: tuple[int,
     return left, top, right, bottom
 
 
+def _outline(out: np.ndarray, box: tuple[int, int, int, int], color: tuple[int, int, int], line: int) -> None:
+    """A rectangle outline ``line`` px thick drawn inside the pixel box (never past its edges)."""
+    x1, y1, x2, y2 = box
+    t = max(1, min(line, (x2 - x1 + 1) // 2, (y2 - y1 + 1) // 2))
+    out[y1:y1 + t, x1:x2] = color
+    out[y2 - t:y2, x1:x2] = color
+    out[y1:y2, x1:x1 + t] = color
+    out[y1:y2, x2 - t:x2] = color
+
+
 def draw_detections(image: np.ndarray, detections: Detections, show_scores: bool = True,
                     labels: bool = True) -> np.ndarray:
     """Boxes in their class colour, with class names and scores; labels scale with the image and never leave it."""
@@ -192,7 +202,7 @@ def draw_detections(image: np.ndarray, detections: Detections, show_scores: bool
     for box, label, score, name in zip(detections.boxes, detections.labels, detections.scores, detections.names):
         color = class_color(int(label))
         x1, y1, x2, y2 = _pixel_box(box, h, w)
-        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), color, line)
+        _outline(out, (x1, y1, x2, y2), color, line)
         if labels:
             draw_label(out, f"{name} {float(score):.2f}" if show_scores else name, (x1, y1, x2, y2), color,
                        scale, text_thickness)

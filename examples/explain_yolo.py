@@ -37,7 +37,8 @@ else:
 
 explanation = dsxai.explain(adapter, images, method=args.method)
 explanation.save(args.out, stems)
-for stem, dets, figures in zip(stems, explanation.detections, map(explanation.figures, range(len(stems)))):
-    summary = ", ".join(f"{f['name']} {f['score']:.2f} (peak in box: {f['peak_in_box']})" for f in figures)
-    print(f"{stem}: {len(dets)} detection(s) {summary or ''}")
+for i, stem in enumerate(stems):
+    figures = explanation.figures(i)  # per detection: name, score, peak [x, y], energy inside its box, ...
+    print(f"{stem}: {len(figures)} detection(s) " + ", ".join(
+        f"{f['name']} {f['score']:.2f} (peak in box: {f['peak_in_box']})" for f in figures))
 print(f"wrote pictures and JSON to {args.out}/")

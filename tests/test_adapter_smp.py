@@ -1,6 +1,5 @@
 """segmentation-models-pytorch: masks from logits, per-mask maps at the original size, a known answer."""
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -176,72 +175,4 @@ def test_rejects_non_smp_models():
         SMPAdapter(torch.nn.Conv2d(3, 2, 1))
 
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def squares(n, size, generator):
-    """Noise in [0, 0.5] with one brighter square (+0.5) per image, and its label map."""
-    x = torch.rand(n, 3, *size, generator=generator) * 0.5
-    y = torch.zeros(n, *size, dtype=torch.long)
-    for i in range(n):
-        s = int(torch.randint(min(size) // 5, min(size) // 2, (1,), generator=generator))
-        r = int(torch.randint(0, size[0] - s, (1,), generator=generator))
-        c = int(torch.randint(0, size[1] - s, (1,), generator=generator))
-        x[i, :, r:r + s, c:c + s] += 0.5
-        y[i, r:r + s, c:c + s] = 1
-    return x, y
-
-
-def iou(a, b):
-    return ((a & b).sum() / (a | b).sum().clamp_min(1)).item()
-
-
-@pytest.mark.skip(reason="failed once under heavy CPU load (training reaches the bar only sometimes); to be made deterministic")
-def test_known_answer_trained_unet_explains_the_square():
-    """Train a tiny Unet for a second or two to segment a bright square; its mask's map must sit on it."""
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    model = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(32, 16, 8), classes=2)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # running stats = average over training: eval mode works after few steps
-    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
-    generator = torch.Generator().manual_seed(0)
-    held_x, held_y = squares(8, (32, 32), torch.Generator().manual_seed(99))
-    score = 0.0
-    for step in range(200):
-        model.train()
-        x, y = squares(8, (32, 32), generator)
-        loss = F.cross_entropy(model((x - MEAN) / STD), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 5 == 4:
-            model.eval()
-            with torch.no_grad():
-                score = iou(model((held_x - MEAN) / STD).argmax(1) == 1, held_y == 1)
-            if score > 0.85:
-                break
-    model.eval()
-    assert score > 0.85, f"the tiny Unet did not learn the square (held-out IoU {score:.2f})"
-    for p in model.parameters():
-        p.grad = None
-    adapter = SMPAdapter(model, class_names=["noise", "square"])
-    shares, near_shares, ious = [], [], []
-    for seed in range(3):  # 44 x 60: neither a multiple of the stride (8) nor square
-        x, y = squares(1, (44, 60), torch.Generator().manual_seed(100 + seed))
-        image = (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-        dets, maps = adapter.explain(image, min_area=10)
-        d, m = dets[0], maps[0]
-        truth = y[0].bool()
-        best = max(range(len(d)), key=lambda k: iou(d.masks[k], truth))
-        ious.append(iou(d.masks[best], truth))
-        mask = d.masks[best]
-        shares.append(((m[best] * mask).sum() / m[best].sum()).item())
-        near_shares.append(((m[best] * dilate(mask, 2)).sum() / m[best].sum()).item())
-        assert d.names[best] == "square"
-    assert min(ious) > 0.7, ious
-    # the square covers 3-25% of the image but holds most of its mask's map
-    assert min(near_shares) > 0.8 and np.mean(shares) > 0.7, (shares, near_shares)
-    assert time.perf_counter() - start < 30
+# The known-answer test on a trained U-Net lives in test_known_answer.py (the shipped shapes U-Net).

@@ -28,8 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "eigencam, gradcam++")
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: the adapter's; "
                         "`dsxai layers MODEL` lists them)")
-    parser.add_argument("--targets", default="boxes", choices=("boxes", "masks", "classes"),
-                        help="one map per box, per mask, or per class (default: boxes)")
+    parser.add_argument("--targets", default=None, choices=("boxes", "masks", "classes"),
+                        help="one map per box, per mask, or per class (default: masks for semantic segmenters, else boxes)")
     parser.add_argument("--conf", type=float, default=None, help="score threshold (default: the model's)")
     parser.add_argument("--classes", default=None, help="comma-separated class names or ids to keep")
     parser.add_argument("--max-dets", type=int, default=None, help="at most this many detections per image")
