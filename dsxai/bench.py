@@ -37,6 +37,7 @@ import logging
 import math
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -73,7 +74,6 @@ METRICS: tuple[str, ...] = (
 )
 BASELINES: tuple[str, ...] = ("uniform", "center", "box_gaussian")
 DEFAULT_METHODS: tuple[str, ...] = ("eigencam", "gradcam", "hirescam", "layercam")
-SHAPES_MODEL_NAMES = ("shapes-yolo", "shapes_yolo", "shapes-yolov8", "shapes_yolov8")
 #: faithfulness is on by default only for runs of at most this many images (``faithfulness=None``)
 FAITHFULNESS_AUTO_LIMIT = 50
 
@@ -115,7 +115,9 @@ class CocoGroundTruth:
                           for a in anns], np.float32).reshape(-1, 4)
         masks = None
         if anns and all(a.get("segmentation") for a in anns):
-            masks = np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
+            with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword DeprecationWarning
+                warnings.simplefilter("ignore", DeprecationWarning)
+                masks = np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
             if masks.shape[1:] != (h, w):
                 raise BenchError(f"annotation masks of image {image_id} are {masks.shape[1:]} but the image "
                                  f"entry says {(h, w)}; fix height/width in the json")
@@ -306,39 +308,24 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 1000,
 
 
 def load_bench_adapter(model: Any, arch: str | None = None, device: str | None = None, imgsz: int | None = None):
-    """The adapter for ``model``: an Adapter as is, ``"shapes-yolo"`` (the shipped shapes YOLOv8), or a
-    checkpoint path / model object through :func:`dsxai.adapters.load`."""
+    """The adapter for ``model``: an Adapter as is, a shipped zoo name (``"shapes-yolo"``, see
+    :data:`dsxai.zoo.ZOO_MODELS`), or a checkpoint path / model object through :func:`dsxai.adapters.load`.
+    Raises :class:`BenchError` for a model without per-box targets (semantic segmenters)."""
+    from . import zoo
     from .adapter import Adapter
+    from .adapters import load
 
-    if isinstance(model, Adapter):
-        return model
-    if isinstance(model, str) and model in SHAPES_MODEL_NAMES:
-        from . import zoo
-
-        if hasattr(zoo, "load_adapter") and imgsz is None and device is None:
-            return zoo.load_adapter(model)
-        from .adapters.ultralytics_yolo import UltralyticsAdapter
-
-        return UltralyticsAdapter(str(zoo.shapes_yolov8_path()), imgsz=imgsz or zoo.IMAGE_SIZE, device=device)
     options = {"imgsz": imgsz} if imgsz else {}
-    try:
-        from .adapters import load
-    except ImportError:
-        load = None
-    if load is not None:
-        return load(model, arch=arch, device=device, **options)
-    # fallback while dsxai.adapters.load is not available: Ultralytics, then classic YOLOv5
-    path = Path(str(model))
-    if not path.is_file():
-        raise FileNotFoundError(f"model {model} not found; pass a checkpoint path or 'shapes-yolo'")
-    from .adapters.ultralytics_yolo import UltralyticsAdapter
-
-    try:
-        return UltralyticsAdapter(str(path), device=device, **options)
-    except Exception:  # noqa: BLE001 - try the next family
-        from .adapters.yolov5 import YOLOv5Adapter
-
-        return YOLOv5Adapter(str(path), device=device, **options)
+    if isinstance(model, Adapter):
+        adapter = model
+    elif isinstance(model, str) and model.lower().replace("_", "-") in (*zoo.ZOO_MODELS, "shapes-yolov8"):
+        adapter = zoo.load_adapter(model, device=device, **options)
+    else:
+        adapter = load(model, arch=arch, device=device, **options)
+    if getattr(adapter, "task", "detect") == "segment":
+        raise BenchError(f"{type(adapter).__name__} is a semantic segmenter: the localization benchmark needs a "
+                         "detector (per-box targets), e.g. a YOLO or torchvision detection checkpoint")
+    return adapter
 
 
 def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -710,6 +697,7 @@ def _write_outputs(out: Path, results: dict[str, Any], records: list[dict[str, A
                                          *["" if m[k] is None else f"{m[k]:.6f}" for k in METRICS]])
     shown = [k for k in METRICS if any(results[s][n][k]["mean"] is not None
                                        for s in ("methods", "baselines") for n in results[s])]
+    shown = shown or [k for k in METRICS if k not in ("deletion_auc", "insertion_auc")]
     plot = _bar_chart(out, results, shown)
     c = results["counts"]
     lines = [
@@ -719,9 +707,9 @@ def _write_outputs(out: Path, results: dict[str, Any], records: list[dict[str, A
         f"Images: {c['images_ok']} ok, {c['images_failed']} failed. Objects: {c['gt']}; detections: "
         f"{c['detections']}; matched pairs (IoU >= {cfg.match_iou}): {c['matched']}; unmatched detections: "
         f"{c['unmatched_detections']}; missed objects: {c['missed_gt']}.", "",
-        "Mean over pairs with the 95 % bootstrap CI (seed %d). Pointing game tolerance %g px; IoU at %g of "
-        "the max; faithfulness %s." % (cfg.seed, cfg.tolerance, cfg.threshold,
-                                       f"on (K={cfg.steps})" if cfg.faithfulness else "off"), "",
+        f"Mean over pairs with the 95 % bootstrap CI (seed {cfg.seed}). Pointing game tolerance "
+        f"{cfg.tolerance:g} px; IoU at {cfg.threshold:g} of the max; faithfulness "
+        f"{f'on (K={cfg.steps})' if cfg.faithfulness else 'off'}.", "",
         "| | n | " + " | ".join(shown) + " |",
         "|---|---|" + "---|" * len(shown),
     ]
@@ -729,12 +717,15 @@ def _write_outputs(out: Path, results: dict[str, Any], records: list[dict[str, A
         for name, entry in results[kind].items():
             label = name if kind == "methods" else f"*{name}* (baseline)"
             lines.append(f"| {label} | {entry['n_pairs']} | " + " | ".join(_fmt(entry[k]) for k in shown) + " |")
+    if c["matched"] == 0:
+        lines += ["", f"**No detection matched a ground-truth object** (detections: {c['detections']}); check "
+                  "the confidence threshold (--conf), the class map (--class-map) and the image folder."]
     if plot:
         lines += ["", f"![metrics]({plot.name})"]
     galleries = sorted((out / "gallery").glob("*.png")) if (out / "gallery").is_dir() else []
     if galleries:
-        lines += ["", "## Gallery", "", "Best (left) and worst (right) pairs of each method by `energy_box`; "
-                  "green: ground-truth box.", ""]
+        lines += ["", "## Gallery", "", "Best (top row) and worst (bottom row) pairs of each method by "
+                  "`energy_box` (E); the detection with its label, the ground-truth box in green.", ""]
         lines += [f"### {g.stem}\n\n![{g.stem}](gallery/{g.name})\n" for g in galleries]
     if results["errors"]:
         lines += ["", "## Failed images", ""] + [f"- {e['file_name']}: {e['error']}" for e in results["errors"]]
@@ -752,7 +743,7 @@ def _bar_chart(out: Path, results: dict[str, Any], shown: list[str]) -> Path | N
     names = [(k, n) for k in ("methods", "baselines") for n in results[k]]
     if not names or not shown:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(shown) * len(names) / 3), 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.25 * len(shown) * len(names))), 4), dpi=100)
     width = 0.8 / len(names)
     for i, (kind, name) in enumerate(names):
         entry = results[kind][name]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -73,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     c = results["counts"]
     print(f"{c['images_ok']} images ({c['images_failed']} failed), {c['matched']} pairs, "
           f"{c['unmatched_detections']} unmatched detections, {c['missed_gt']} missed objects")
+    if c["matched"] == 0:
+        print(f"warning: no detection matched a ground-truth object ({c['detections']} detections); check --conf, "
+              "--class-map and --images", file=sys.stderr)
     for kind in ("methods", "baselines"):
         for name, entry in results[kind].items():
             pg = entry["pointing_game_box"]["mean"]

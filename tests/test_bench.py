@@ -1,0 +1,235 @@
+"""The localization benchmark end to end on a shapes-world COCO set with the shipped YOLOv8 (and, when
+``../shared/data`` exists, on 10 real COCO images)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from dsxai import bench
+from dsxai.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+WEIGHTS = ROOT / "dsxai" / "zoo" / "weights" / "shapes_yolov8.pt"
+needs_yolo = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS} is absent (train it with "
+                                "python -m dsxai.zoo.train_yolo)")
+pytest.importorskip("pycocotools")
+
+SCENES = 12
+METHODS = ["layercam", "hirescam"]
+
+
+@pytest.fixture(scope="module")
+def shapes_set(tmp_path_factory):
+    return bench.write_synthetic_coco(tmp_path_factory.mktemp("shapes"), scenes=SCENES)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    pytest.importorskip("ultralytics")
+    if not WEIGHTS.is_file():
+        pytest.skip(f"{WEIGHTS} is absent")
+    return bench.load_bench_adapter("shapes-yolo")
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes_set, adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    results = bench.run_benchmark(adapter, *shapes_set, out, methods=METHODS, faithfulness=False, gallery=1,
+                                  progress=False)
+    return out, results
+
+
+def _pg(entry):
+    return entry["pointing_game_box"]
+
+
+@needs_yolo
+def test_outputs_have_stable_keys(trained_run):
+    out, results = trained_run
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["methods"]) == set(METHODS) and set(data["baselines"]) == set(bench.BASELINES)
+    n = data["counts"]["matched"]
+    assert n >= SCENES  # the shapes detector finds most objects
+    assert data["counts"]["gt"] == n + data["counts"]["missed_gt"]
+    assert data["counts"]["detections"] == n + data["counts"]["unmatched_detections"]
+    for section in ("methods", "baselines"):
+        for entry in data[section].values():
+            assert entry["n_pairs"] == n
+            for key in ("pointing_game_box", "pointing_game_mask", "energy_box", "energy_mask", "iou_box",
+                        "iou_mask", "loc_acc_box", "deletion_auc", "insertion_auc"):
+                assert set(entry[key]) >= {"mean", "ci95"}
+            lo, hi = entry["energy_box"]["ci95"]
+            assert lo <= entry["energy_box"]["mean"] <= hi
+            assert entry["deletion_auc"]["mean"] is None  # faithfulness off
+            assert sum(c["n_pairs"] for c in entry["per_category"].values()) == n
+    rows = list(csv.DictReader((out / "pairs.csv").open()))
+    assert len(rows) == n * (len(METHODS) + len(bench.BASELINES))
+    summary = (out / "summary.md").read_text()
+    assert "| layercam |" in summary and "![metrics](metrics.png)" in summary
+    assert (out / "metrics.png").stat().st_size > 1000
+    assert all((out / "gallery" / f"{m}.png").is_file() for m in METHODS)
+    assert len((out / "journal.jsonl").read_text().splitlines()) == SCENES
+
+
+@needs_yolo
+def test_gradcam_family_beats_the_uninformed_baselines(trained_run):
+    _, results = trained_run
+    chance = max(_pg(results["baselines"][b])["ci95"][1] for b in ("uniform", "center"))
+    for method in METHODS:
+        pg = _pg(results["methods"][method])
+        assert pg["mean"] >= chance + 0.4, (method, pg, chance)
+        assert pg["ci95"][0] > chance
+
+
+@needs_yolo
+def test_randomized_weights_lose_the_object_extent(trained_run, shapes_set, adapter, tmp_path):
+    """Model randomisation (Adebayo et al. 2018): same detections, maps from a re-initialised copy.
+
+    The maps of a dense detector's box score stay near the scoring anchor whatever the weights (the head's
+    receptive field), so the random model still *points* at the object (like the box-centre Gaussian
+    baseline); what it loses is the object's extent: box localization accuracy and IoU drop.
+    """
+    _, trained = trained_run
+    random = bench.run_benchmark(adapter, *shapes_set, tmp_path, methods=["layercam"], faithfulness=False,
+                                 gallery=0, progress=False, explain_model=bench.randomized_copy(adapter.model, 0))
+    assert random["counts"]["matched"] == trained["counts"]["matched"]  # detections come from the trained model
+    t, r = trained["methods"]["layercam"], random["methods"]["layercam"]
+    assert t["loc_acc_box"]["mean"] >= r["loc_acc_box"]["mean"] + 0.15, (t["loc_acc_box"], r["loc_acc_box"])
+    assert t["iou_box"]["mean"] >= r["iou_box"]["mean"] + 0.04, (t["iou_box"], r["iou_box"])
+    # the anchor prior: pointing game alone cannot tell the random model from the trained one
+    assert _pg(r)["mean"] > _pg(random["baselines"]["center"])["mean"] + 0.3
+
+
+@needs_yolo
+def test_resume_finishes_an_interrupted_run(trained_run, shapes_set, adapter, tmp_path):
+    _, full = trained_run
+    first = bench.run_benchmark(adapter, *shapes_set, tmp_path, methods=METHODS, faithfulness=False, gallery=0,
+                                progress=False, limit=4)
+    assert first["counts"]["images"] == 4
+    head = (tmp_path / "journal.jsonl").read_text().splitlines()
+    resumed = bench.run_benchmark(adapter, *shapes_set, tmp_path, methods=METHODS, faithfulness=False,
+                                  gallery=0, progress=False, resume=True)
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert lines[:4] == head and len(lines) == SCENES  # finished images were skipped, not redone
+    assert resumed["counts"] == full["counts"]
+    for m in METHODS:
+        assert resumed["methods"][m]["pointing_game_box"] == full["methods"][m]["pointing_game_box"]
+    with pytest.raises(bench.BenchError, match="other settings"):
+        bench.run_benchmark(adapter, *shapes_set, tmp_path, methods=["gradcam"], faithfulness=False, gallery=0,
+                            progress=False, resume=True)
+
+
+@needs_yolo
+def test_a_failing_image_is_recorded_and_the_run_goes_on(adapter, tmp_path):
+    ann, images = bench.write_synthetic_coco(tmp_path / "data", scenes=3)
+    broken = sorted(images.iterdir())[1]
+    good = broken.read_bytes()
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    res = bench.run_benchmark(adapter, ann, images, out, methods=["layercam"], faithfulness=False, gallery=0,
+                              progress=False)
+    assert res["counts"]["images_failed"] == 1 and res["counts"]["images_ok"] == 2
+    assert res["errors"][0]["file_name"] == broken.name and res["errors"][0]["error"]
+    assert broken.name in (out / "summary.md").read_text()
+    broken.write_bytes(good)  # fixed: --resume retries only the failed image
+    res = bench.run_benchmark(adapter, ann, images, out, methods=["layercam"], faithfulness=False, gallery=0,
+                              progress=False, resume=True)
+    assert res["counts"]["images_failed"] == 0 and res["counts"]["images_ok"] == 3
+    assert len((out / "journal.jsonl").read_text().splitlines()) == 4
+
+
+@needs_yolo
+def test_cli_synthetic_with_faithfulness(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["bench", "--synthetic", "--scenes", "2", "--methods", "layercam", "--out", str(out), "--steps",
+                 "2", "--gallery", "0", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["faithfulness"] is True and data["config"]["steps"] == 2
+    d, i = data["methods"]["layercam"]["deletion_auc"]["mean"], data["methods"]["layercam"]["insertion_auc"]["mean"]
+    assert 0 <= d <= 1 and 0 <= i <= 1 and i > d  # revealing the salient pixels first beats removing them
+    assert "pairs" in capsys.readouterr().out
+
+
+def test_corrupt_coco_json_gives_a_clear_error(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(bench.BenchError, match="not valid JSON"):
+        bench.load_coco(bad, tmp_path / "images")
+    code = main(["bench", "shapes-yolo", "--coco", str(bad), "--images", str(tmp_path / "images"), "--out",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.json is not valid JSON" in err and "Traceback" not in err
+    bad.write_text('{"images": []}')
+    with pytest.raises(bench.BenchError, match="not a COCO instances file"):
+        bench.load_coco(bad, tmp_path / "images")
+    with pytest.raises(FileNotFoundError, match="--coco"):
+        bench.load_coco(tmp_path / "missing.json", tmp_path / "images")
+
+
+def test_class_mapping():
+    coco = {1: "person", 3: "car", 18: "dog"}
+    assert bench.map_classes({0: "person", 1: "bicycle", 2: "car"}, coco) == {0: 1, 2: 3}
+    assert bench.map_classes({1: "1", 3: "3", 5: "5"}, coco) == {1: 1, 3: 3}  # torchvision-style ids
+    assert bench.map_classes({0: "Normal", 1: "Fall"}, coco, {"Normal": "person", "1": "person"}) == {0: 1, 1: 1}
+    with pytest.raises(bench.BenchError, match="no model class maps"):
+        bench.map_classes({0: "disc", 1: "ring"}, coco)
+    with pytest.raises(bench.BenchError, match="not a category"):
+        bench.map_classes({0: "Normal"}, coco, {"Normal": "human"})
+
+
+def test_matching_is_greedy_by_score_and_class_aware():
+    import torch
+
+    dets = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    gts = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    pairs = bench.match_detections(dets, torch.tensor([0.5, 0.9, 0.8]), [1, 1, 2], gts, [1, 1])
+    # the higher-scored detection 1 takes object 0; detection 0 finds no free object; 2 has the wrong class
+    assert [(d, g) for d, g, _ in pairs] == [(1, 0)]
+
+
+def test_baselines_peak_where_documented():
+    import torch
+
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    g = bench.baseline_maps("box_gaussian", boxes, (100, 80))[0]
+    y, x = divmod(int(g.argmax()), 80)
+    assert (y, x) in {(39, 19), (39, 20), (40, 19), (40, 20)}  # the box centre (20, 40)
+    c = bench.baseline_maps("center", boxes, (100, 80))[0]
+    assert divmod(int(c.argmax()), 80) in {(49, 39), (49, 40), (50, 39), (50, 40)}
+    assert torch.equal(bench.baseline_maps("uniform", boxes, (5, 5)), torch.ones(1, 5, 5))
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    vals = [0.0, 1.0] * 20
+    a, b = bench.bootstrap_ci(vals, seed=3), bench.bootstrap_ci(vals, seed=3)
+    assert a == b and a[0] < 0.5 < a[1]
+    assert bench.bootstrap_ci([0.7]) == (0.7, 0.7)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (offline real data)")
+@pytest.mark.parametrize("which", ["yolov5n", "yolov8s_person"])
+def test_real_coco_ten_images(which, tmp_path):
+    pytest.importorskip("ultralytics")
+    coco = SHARED / "coco_subset"
+    if which == "yolov5n":
+        pytest.importorskip("yolov5")
+        model, class_map = SHARED / "weights" / "yolov5n_coco" / "yolov5n.pt", None
+    else:
+        model = SHARED / "weights" / "yolov8s_fall_ultralytics" / "best.pt"
+        class_map = tmp_path / "map.json"
+        class_map.write_text(json.dumps({"Normal": "person", "Fall": "person"}))
+    res = bench.run_benchmark(str(model), coco / "annotations" / "instances_val2017_subset.json",
+                              coco / "images", tmp_path / "out", methods=["layercam"], limit=10,
+                              class_map=class_map, faithfulness=False, gallery=0, progress=False)
+    assert res["counts"]["images_ok"] == 10 and res["counts"]["matched"] >= 5
+    pg = res["methods"]["layercam"]["pointing_game_box"]["mean"]
+    assert pg > res["baselines"]["uniform"]["pointing_game_box"]["mean"] + 0.3
+    assert res["methods"]["layercam"]["pointing_game_mask"]["mean"] is not None  # COCO polygons -> masks
