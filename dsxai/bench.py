@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from . import metrics as M
 from .detections import Detections
+from .metrics import BASELINES, baseline_maps
 
 __all__ = [
     "METRICS",
@@ -72,7 +73,6 @@ METRICS: tuple[str, ...] = (
     "pointing_game_box", "pointing_game_mask", "energy_box", "energy_mask", "iou_box", "iou_mask",
     "iou_box_mean_thr", "iou_mask_mean_thr", "loc_acc_box", "deletion_auc", "insertion_auc",
 )
-BASELINES: tuple[str, ...] = ("uniform", "center", "box_gaussian")
 DEFAULT_METHODS: tuple[str, ...] = ("eigencam", "gradcam", "hirescam", "layercam")
 #: faithfulness is on by default only for runs of at most this many images (``faithfulness=None``)
 FAITHFULNESS_AUTO_LIMIT = 50
@@ -229,34 +229,6 @@ def match_detections(det_boxes: Tensor, det_scores: Tensor, det_cats: Sequence[i
 
 
 # ----------------------------------------------------------------------------------------------- baselines
-
-
-def _gaussian(size: tuple[int, int], centers: Tensor, sigmas: Tensor) -> Tensor:
-    h, w = size
-    ys = torch.arange(h, dtype=torch.float32, device=centers.device) + 0.5
-    xs = torch.arange(w, dtype=torch.float32, device=centers.device) + 0.5
-    gy = torch.exp(-0.5 * ((ys[None] - centers[:, 1:2]) / sigmas[:, 1:2]) ** 2)
-    gx = torch.exp(-0.5 * ((xs[None] - centers[:, 0:1]) / sigmas[:, 0:1]) ** 2)
-    g = gy[:, :, None] * gx[:, None, :]
-    return g / g.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-
-
-def baseline_maps(name: str, boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Baseline maps ``[N, H, W]`` for detected boxes ``[N, 4]`` (see the module doc for the definitions)."""
-    n = len(boxes)
-    h, w = size
-    boxes = boxes.float()
-    if name == "uniform":
-        return torch.ones(n, h, w, device=boxes.device)
-    if name == "center":
-        c = boxes.new_tensor([w / 2, h / 2]).expand(n, 2)
-        s = boxes.new_tensor([w / 4, h / 4]).expand(n, 2)
-        return _gaussian(size, c, s)
-    if name == "box_gaussian":
-        c = (boxes[:, :2] + boxes[:, 2:]) / 2
-        s = ((boxes[:, 2:] - boxes[:, :2]) / 4).clamp_min(0.5)
-        return _gaussian(size, c, s)
-    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
 
 
 # ----------------------------------------------------------------------------------------------- scoring

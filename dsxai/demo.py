@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .detections import Detections
+from .metrics import baseline_maps, energy_pointing_game, pointing_game
 from .render import compare_methods, render_masks, grid, titled, write_png
 from .shapes import Scene, make_scenes
 
@@ -43,29 +44,6 @@ class _Scores:
         return mean(self.inside_mask), mean(self.prior), mean(self.peak_in_box), len(self.inside_mask)
 
 
-def box_prior(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """A Gaussian at each box centre with sigma a quarter of the box side: ``[N, H, W]``."""
-    h, w = size
-    ys = torch.arange(h, dtype=torch.float32)[:, None] + 0.5
-    xs = torch.arange(w, dtype=torch.float32)[None] + 0.5
-    b = boxes.float()
-    cx, cy = ((b[:, 0] + b[:, 2]) / 2)[:, None, None], ((b[:, 1] + b[:, 3]) / 2)[:, None, None]
-    sx = ((b[:, 2] - b[:, 0]) / 4).clamp_min(1)[:, None, None]
-    sy = ((b[:, 3] - b[:, 1]) / 4).clamp_min(1)[:, None, None]
-    return torch.exp(-((xs - cx) ** 2 / (2 * sx ** 2) + (ys - cy) ** 2 / (2 * sy ** 2)))
-
-
-def _energy_inside(maps: Tensor, masks: Tensor) -> Tensor:
-    return (maps * masks).flatten(1).sum(1) / maps.flatten(1).sum(1).clamp_min(1e-12)
-
-
-def _peak_in_box(maps: Tensor, boxes: Tensor) -> Tensor:
-    w = maps.shape[-1]
-    idx = maps.flatten(1).argmax(1)
-    y, x = (idx // w).float() + 0.5, (idx % w).float() + 0.5
-    return ((x >= boxes[:, 0]) & (x <= boxes[:, 2]) & (y >= boxes[:, 1]) & (y <= boxes[:, 3])).float()
-
-
 def _own_masks(detections: Detections, scene: Scene) -> tuple[Tensor, Tensor]:
     """The ground-truth mask of each detection (box IoU >= 0.5, else mask IoU for segmenters)."""
     from torchvision.ops import box_iou
@@ -82,11 +60,11 @@ def _score(scores: _Scores, detections: Detections, maps: Tensor, scene: Scene, 
     maps = maps.float().cpu()
     masks, matched = _own_masks(detections, scene)
     if matched.any():
-        scores.inside_mask += _energy_inside(maps[matched], masks[matched]).tolist()
+        scores.inside_mask += energy_pointing_game(maps[matched], masks[matched].bool()).tolist()
         if prior:
-            scores.prior += _energy_inside(box_prior(detections.boxes[matched], scene.size),
-                                           masks[matched]).tolist()
-    scores.peak_in_box += _peak_in_box(maps, detections.boxes.float()).tolist()
+            box_prior = baseline_maps("box_gaussian", detections.boxes[matched], scene.size)
+            scores.prior += energy_pointing_game(box_prior, masks[matched].bool()).tolist()
+    scores.peak_in_box += pointing_game(maps, detections.boxes.float(), tolerance=0).tolist()
 
 
 def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = METHODS,

@@ -22,10 +22,11 @@ from torch import Tensor
 from ._version import __version__
 from .detections import Detections
 from .imaging import ImageLike, load_images
+from .metrics import energy_pointing_game
 from .methods import BaseCAM, get_method
 from .render import render_detections, render_grid, render_masks, render_panels, write_atomic, write_png
 
-__all__ = ["Explanation", "explain", "DEFAULT_METHOD", "energy_inside", "map_figures", "resolve_classes"]
+__all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes"]
 
 #: Default CAM method per adapter task. Plain GradCAM averages the gradient over the whole
 #: feature map, so on detectors (one small box among many anchors) its map peaks inside its own
@@ -40,13 +41,6 @@ _STYLES = ("fused", "grid", "masks")
 
 
 # ----------------------------------------------------------------------------------------------- figures
-
-
-def energy_inside(maps: Tensor, regions: Tensor) -> Tensor:
-    """Share of each map's total mass inside its own region (bool ``[T, H, W]``); 0 for an all-zero map."""
-    total = maps.flatten(1).sum(1)
-    inside = (maps * regions.to(maps.device, maps.dtype)).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
 
 
 def _box_regions(boxes: Tensor, size: tuple[int, int], device: torch.device) -> Tensor:
@@ -79,10 +73,10 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
     py, px = peak // w, peak % w
     boxes = _box_regions(detections.boxes, (h, w), maps.device)
     rows = torch.arange(len(maps), device=maps.device)
-    in_box, box_share = boxes[rows, py, px], energy_inside(maps, boxes)
+    in_box, box_share = boxes[rows, py, px], energy_pointing_game(maps, boxes)
     masks = None if detections.masks is None else detections.masks.to(maps.device)
     if masks is not None:
-        in_mask, mask_share = masks[rows, py, px], energy_inside(maps, masks)
+        in_mask, mask_share = masks[rows, py, px], energy_pointing_game(maps, masks)
     figures = []
     for k, (box, label, score, name) in enumerate(zip(detections.boxes.tolist(), detections.labels.tolist(),
                                                        detections.scores.tolist(), detections.names)):

@@ -42,6 +42,8 @@ from torch import Tensor
 from .detections import Detections
 
 __all__ = [
+    "BASELINES",
+    "baseline_maps",
     "region_masks",
     "box_masks",
     "dilate",
@@ -426,3 +428,42 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
             insertion[t, 1:steps] = _match_scores(found[offset + inner:offset + 2 * inner], box, label)
     deletion, insertion = deletion.to(device), insertion.to(device)
     return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+
+#: maps that need no model: what chance (``uniform``), a centre bias (``center``) and the detected box
+#: itself (``box_gaussian``) score; a method must beat the box prior to say more than its box does
+BASELINES: tuple[str, ...] = ("uniform", "center", "box_gaussian")
+
+
+def _gaussian(size: tuple[int, int], centers: Tensor, sigmas: Tensor) -> Tensor:
+    h, w = size
+    ys = torch.arange(h, dtype=torch.float32, device=centers.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float32, device=centers.device) + 0.5
+    gy = torch.exp(-0.5 * ((ys[None] - centers[:, 1:2]) / sigmas[:, 1:2]) ** 2)
+    gx = torch.exp(-0.5 * ((xs[None] - centers[:, 0:1]) / sigmas[:, 0:1]) ** 2)
+    g = gy[:, :, None] * gx[:, None, :]
+    return g / g.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
+def baseline_maps(name: str, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Baseline maps ``[N, H, W]`` for detected boxes ``[N, 4]``.
+
+    ``uniform``: all ones; ``center``: a Gaussian at the image centre, sigma = (H/4, W/4);
+    ``box_gaussian``: a Gaussian at each box centre, sigma = (box height/4, box width/4).
+    """
+    n = len(boxes)
+    h, w = size
+    boxes = boxes.float()
+    if name == "uniform":
+        return torch.ones(n, h, w, device=boxes.device)
+    if name == "center":
+        c = boxes.new_tensor([w / 2, h / 2]).expand(n, 2)
+        s = boxes.new_tensor([w / 4, h / 4]).expand(n, 2)
+        return _gaussian(size, c, s)
+    if name == "box_gaussian":
+        c = (boxes[:, :2] + boxes[:, 2:]) / 2
+        s = ((boxes[:, 2:] - boxes[:, :2]) / 4).clamp_min(0.5)
+        return _gaussian(size, c, s)
+    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")

@@ -129,7 +129,7 @@ def test_fasterrcnn_maps_point_at_their_own_object(scenes, method):
     from dsxai.adapters.torchvision_detection import TorchvisionDetectionAdapter
 
     _weights("shapes_fasterrcnn.pt")
-    adapter = TorchvisionDetectionAdapter(zoo.load_shapes_fasterrcnn(),
+    adapter = TorchvisionDetectionAdapter(zoo.load_shapes_fasterrcnn(score_thresh=0.25),
                                           class_names=dict(enumerate(("background",) + zoo.SHAPES_CLASSES)))
     check_detector(adapter, scenes, method)
 

@@ -181,11 +181,16 @@ def build_shapes_fasterrcnn(num_classes: int = len(SHAPES_CLASSES) + 1, image_si
     return model
 
 
-def load_shapes_fasterrcnn(device: str = "cpu", path: str | os.PathLike | None = None):
-    """Trained shapes-world Faster R-CNN in eval mode (float32)."""
+def load_shapes_fasterrcnn(device: str = "cpu", path: str | os.PathLike | None = None, score_thresh: float = 0.25):
+    """Trained shapes-world Faster R-CNN in eval mode (float32).
+
+    ``score_thresh``: the detector's own score threshold (what the adapter uses by default); 0.25 keeps the
+    detections a person would look at, COCO mAP evaluation uses 0.001.
+    """
     p = Path(path) if path is not None else weights_path("shapes_fasterrcnn.pt")
     model = build_shapes_fasterrcnn()
     load_state_dict_fp32(model, p)
+    model.roi_heads.score_thresh = float(score_thresh)
     return model.eval().to(device)
 
 
