@@ -3,6 +3,7 @@
 The core (this package) is model-agnostic; model families live in ``dsxai.adapters``.
 """
 from ._version import __version__
+from .audit import AuditResult, audit
 from .detections import Detections
 from .engine import BaseCAM, CAMResult, normalize_maps
 from .explanation import Explanation, explain
@@ -14,7 +15,7 @@ from .methods import (
 from .targets import ClassTarget, MaskTarget, OutputIndexTarget, Target
 
 __all__ = [
-    "__version__", "Detections", "Explanation", "explain", "BaseCAM", "CAMResult", "normalize_maps", "list_layers", "resolve_layers",
+    "__version__", "audit", "AuditResult", "Detections", "Explanation", "explain", "BaseCAM", "CAMResult", "normalize_maps", "list_layers", "resolve_layers",
     "METHODS", "get_method", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM",
     "EigenGradCAM", "ScoreCAM", "AblationCAM", "Target", "ClassTarget", "OutputIndexTarget", "MaskTarget",
 ]

@@ -1,0 +1,365 @@
+"""``dsxai audit`` / ``dsxai.audit``: known answer on a deliberately biased U-Net, report in a browser, bad input.
+
+The known answer (see :mod:`dsxai.zoo.biased`): a U-Net trained where the bar beside an object decides
+"triangle" puts its triangle evidence on the bar; on test scenes with the bar moved away from the object
+the audit flags those masks ("evidence mostly outside the mask") and does not flag the masks of the same
+U-Net trained where the bar carries no information. Both models are trained once per session (about 75 s
+together on 2 busy CPU cores) into a pytest temporary folder (or DSXAI_CUE_CACHE, kept between sessions).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import dsxai
+from dsxai.audit import audit, audit_layers, mask_figures
+from dsxai.zoo.biased import TRIANGLE, cue_accuracy, cue_adapter, load_or_train, make_cue_scenes
+
+N_TEST = 10
+
+
+@pytest.fixture(scope="session")
+def cue_models(tmp_path_factory):
+    # DSXAI_CUE_CACHE: a folder kept between sessions (development); by default a session temporary folder
+    cache = os.environ.get("DSXAI_CUE_CACHE") or tmp_path_factory.mktemp("cue_models")
+    return {world: load_or_train(world, cache) for world in ("biased", "fair")}
+
+
+@pytest.fixture(scope="session")
+def moved(tmp_path_factory):
+    """Test scenes with the bar moved away from its object, as image files and label PNGs."""
+    root = tmp_path_factory.mktemp("moved")
+    scenes = make_cue_scenes(N_TEST, 11, "moved", size=96)
+    (root / "images").mkdir()
+    (root / "gt").mkdir()
+    for i, s in enumerate(scenes):
+        cv2.imwrite(str(root / "images" / f"scene{i:02d}.png"), s.image[..., ::-1])
+        cv2.imwrite(str(root / "gt" / f"scene{i:02d}.png"), s.semantic)
+    return root, scenes
+
+
+@pytest.fixture(scope="session")
+def audits(cue_models, moved, tmp_path_factory):
+    root, _ = moved
+    out = tmp_path_factory.mktemp("audits")
+    return {world: audit(cue_adapter(model), root / "images", masks=root / "gt", out=out / world, min_area=30,
+                         progress=False)
+            for world, model in cue_models.items()}
+
+
+# ----------------------------------------------------------------------------------------------- known answer
+
+
+def test_cue_world_is_seeded_and_biased():
+    a, b = make_cue_scenes(6, 3, "biased"), make_cue_scenes(6, 3, "biased")
+    assert all(np.array_equal(x.image, y.image) and np.array_equal(x.semantic, y.semantic) for x, y in zip(a, b))
+    scenes = make_cue_scenes(60, 0, "biased")
+    for s in scenes:  # the bar stands beside every triangle-labelled object and no other
+        assert sorted(s.meta["cued_all"]) == [k for k, c in enumerate(s.labels) if c == TRIANGLE]
+    shapes = [sh for s in scenes for sh in s.meta["shapes"]]
+    labels = [int(c) for s in scenes for c in s.labels]
+    agree = np.mean([sh == c for sh, c in zip(shapes, labels)])
+    assert 0.3 < agree < 0.7  # the drawn shape says nothing about the label in the biased world
+    fair = make_cue_scenes(60, 0, "fair")
+    assert all(sh == c for s in fair for sh, c in zip(s.meta["shapes"], s.labels))
+
+
+def test_biased_model_depends_on_the_cue(cue_models):
+    scenes = make_cue_scenes(40, 5, "moved", size=96)
+    biased = cue_accuracy(cue_models["biased"], scenes)
+    fair = cue_accuracy(cue_models["fair"], scenes)
+    # the biased model calls triangle what has the bar beside it (measured 0.58 by majority vote per object;
+    # it often marks only the bar's side of the object) and square the rest (measured 0.14)
+    assert biased["triangle_if_cued"] >= 0.45, biased
+    assert biased["triangle_if_not_cued"] <= 0.25, biased
+    assert biased["triangle_if_cued"] - biased["triangle_if_not_cued"] >= 0.3, biased
+    assert fair["accuracy"] >= 0.85, fair
+    assert fair["accuracy"] > biased["accuracy"] + 0.15, (fair, biased)
+
+
+def test_moving_the_cue_moves_the_evidence(cue_models, moved):
+    """Mirror a scene: the bar changes side and the biased model's evidence follows it."""
+    _, scenes = moved
+    adapter = cue_adapter(cue_models["biased"])
+    layers = audit_layers(adapter)
+    followed = 0
+    tried = 0
+    for s in scenes:
+        k = s.meta["cued"]
+        bar_x = np.nonzero(s.meta["cue"])[1].mean() - (s.boxes[k][0] + s.boxes[k][2]) / 2
+        if k < 0 or abs(bar_x) < 8:  # the bar is above or below: mirroring does not move it sideways
+            continue
+        tried += 1
+        sides = []
+        for image in (s.image, np.ascontiguousarray(s.image[:, ::-1])):
+            dets, maps = adapter.explain([image], method="layercam", layers=layers, targets="masks",
+                                         classes=[TRIANGLE], min_area=30)
+            d, m = dets[0], maps[0]
+            if len(d) == 0:
+                break
+            j = int(torch.argmax(torch.tensor([float(x.sum()) for x in d.masks])))
+            mask = d.masks[j]
+            heat = m[j].cpu() * (~mask)
+            xs = torch.arange(heat.shape[1], dtype=torch.float32)
+            centre = float((heat.sum(0) * xs).sum() / heat.sum().clamp_min(1e-9))
+            sides.append(centre - float(torch.nonzero(mask)[:, 1].float().mean()))
+        if len(sides) == 2 and np.sign(sides[0]) == np.sign(bar_x) and np.sign(sides[1]) == -np.sign(bar_x):
+            followed += 1
+    assert tried >= 3
+    assert followed / tried >= 0.75, (followed, tried)
+
+
+def test_audit_flags_the_biased_model_only(audits, moved):
+    """Measured (10 scenes): the biased model's triangle masks have 42-85% of their evidence beyond the ring
+    (9 of 11 flagged, peaks on the bar); the fair model's masks 5-29% (none flagged)."""
+    _, scenes = moved
+    triangles = [r for r in audits["biased"].rows if r["class"] == "triangle"]
+    assert len(triangles) >= N_TEST // 2
+    flagged = [r for r in triangles if "outside" in r["flags"]]
+    assert len(flagged) / len(triangles) >= 0.7, [r["evidence_outside"] for r in triangles]
+    # the evidence sits on the bar: the peak of most flagged maps lies on the bar (within 6 px)
+    on_bar = 0
+    for r in flagged:
+        ys, xs = np.nonzero(scenes[int(r["image"][-2:])].meta["cue"])
+        on_bar += np.min(np.hypot(xs - r["peak_x"], ys - r["peak_y"])) <= 6
+    assert on_bar >= 0.7 * len(flagged), (on_bar, len(flagged))
+    # only the cue-driven class is flagged for evidence outside; its squares keep their evidence close
+    assert all(r["class"] == "triangle" for r in audits["biased"].rows if "outside" in r["flags"])
+    fair_rows = audits["fair"].rows
+    assert len(fair_rows) >= N_TEST
+    fair_outside = [r for r in fair_rows if "outside" in r["flags"]]
+    assert len(fair_outside) <= 0.1 * len(fair_rows), [r["evidence_outside"] for r in fair_rows]
+    fair_triangles = [r["evidence_outside"] for r in fair_rows if r["class"] == "triangle"]
+    assert np.mean([r["evidence_outside"] for r in triangles]) > np.mean(fair_triangles) + 0.25
+    # ranking: flagged masks before unflagged ones, more flags first; the top one is cue-driven
+    ranked = audits["biased"].ranked()
+    counts = [len(r["flags"]) for r in ranked]
+    assert counts == sorted(counts, reverse=True)
+    assert "outside" in ranked[0]["flags"]
+
+
+def test_audit_ground_truth_figures(audits, moved):
+    for world in ("biased", "fair"):
+        for r in audits[world].rows:
+            assert 0 <= r["iou_gt"] <= 1 and 0 <= r["evidence_in_gt"] <= 1
+            assert abs(r["evidence_inside"] + r["evidence_ring"] + r["evidence_outside"] - 1) < 1e-3
+    fair = audits["fair"].rows
+    assert np.mean([r["iou_gt"] for r in fair]) >= 0.6
+    assert not any("gt_disagreement" in r["flags"] for r in fair if r["iou_gt"] >= 0.5)
+    # the biased model calls squares next to the bar triangles: they disagree with the ground truth
+    wrong = [r for r in audits["biased"].rows if r["class"] == "triangle" and r["gt_class"].startswith("square")]
+    assert wrong and all("gt_disagreement" in r["flags"] for r in wrong)
+
+
+def test_coco_ground_truth_matches_label_pngs(cue_models, moved, audits):
+    from dsxai.shapes import coco_dict
+
+    root, scenes = moved
+    data = coco_dict(scenes, [f"scene{i:02d}.png" for i in range(len(scenes))])
+    ids = {1: 7, 2: 9}  # other category ids than the model's: matched by name
+    data["categories"] = [{"id": 7, "name": "Square"}, {"id": 9, "name": "triangle"}, {"id": 3, "name": "hexagon"}]
+    for a in data["annotations"]:
+        a["category_id"] = ids[a["category_id"]]
+    data["annotations"].append(dict(data["annotations"][0], id=999, category_id=3))  # not a model class
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]  # scene01: no objects
+    data["images"] = [i for i in data["images"] if i["id"] != 3]                  # scene02: not annotated
+    with pytest.warns(UserWarning, match="hexagon are not classes of the model"):
+        result = audit(cue_adapter(cue_models["biased"]), root / "images", coco=data, min_area=30, progress=False)
+    by_image = {i["image"]: i for i in result.images}
+    assert by_image["scene02"]["gt"] == "missing" and by_image["scene00"]["gt"] == "coco"
+    reference = {(r["image"], r["mask"]): r for r in audits["biased"].rows}
+    compared = 0
+    for r in result.rows:
+        if r["image"] in ("scene01", "scene02"):
+            continue
+        ref = reference[(r["image"], r["mask"])]
+        assert r["iou_gt"] == ref["iou_gt"] and r["evidence_in_gt"] == ref["evidence_in_gt"]
+        compared += 1
+    assert compared >= N_TEST // 2
+    assert all(r["iou_gt"] == 0 for r in result.rows if r["image"] == "scene01")
+
+
+def test_audit_outputs(audits):
+    result = audits["biased"]
+    out = result.out
+    data = json.loads((out / "audit.json").read_text())
+    assert len(data["masks"]) == len(result.rows) and data["summary"]["flagged"] == len(result.flagged())
+    with open(out / "audit.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(result.rows)
+    assert any("outside" in r["flags"].split(";") for r in rows)
+    journal = (out / "audit.jsonl").read_text().splitlines()
+    assert json.loads(journal[0])["kind"] == "settings" and len(journal) == 1 + N_TEST
+    for r in result.flagged():
+        assert r["thumbnail"] and (out / r["thumbnail"]).is_file()
+        thumb = cv2.imread(str(out / r["thumbnail"]))
+        assert thumb.shape[0] >= 64 and thumb.std() > 5
+
+
+def test_mask_figures_known_values():
+    maps = torch.zeros(2, 40, 40)
+    masks = torch.zeros(2, 40, 40, dtype=torch.bool)
+    masks[:, 10:20, 10:20] = True  # area 100 -> ring max(8, 0.25 * 10) = 8 px
+    maps[0, 12, 12] = 3.0          # inside
+    maps[0, 10, 24] = 1.0          # 5 px right of the mask: in the ring
+    maps[1, 15, 35] = 1.0          # 16 px away: outside
+    maps[1, 15, 15] = 1.0
+    f = mask_figures(maps, masks)
+    assert f[0]["evidence_inside"] == 0.75 and f[0]["evidence_ring"] == 0.25 and f[0]["evidence_outside"] == 0.0
+    assert f[0]["pointing_hit"] and f[0]["ring_px"] == 8.0
+    assert f[1]["evidence_outside"] == 0.5 and f[1]["evidence_inside"] == 0.5
+    assert f[1]["pointing_hit"]  # a tie: argmax takes the first maximum, (15, 15) inside
+    maps[1, 15, 15] = 0.5
+    g = mask_figures(maps, masks)[1]
+    assert not g["pointing_hit"] and not g["peak_in_ring"] and abs(g["evidence_outside"] - 2 / 3) < 1e-3
+
+
+# ----------------------------------------------------------------------------------------------- report in a browser
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.tables = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs).get("src"))
+        if tag == "table":
+            self.tables += 1
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_report_opens_in_a_browser(audits, tmp_path):
+    report = audits["biased"].report
+    parser = _Images()
+    parser.feed(report.read_text())
+    assert parser.tables >= 3 and parser.srcs, "the report needs its tables and the flagged thumbnails"
+    for src in parser.srcs:  # no broken image links: every src is a relative path to an existing file
+        assert not src.startswith(("/", "http")) and (report.parent / src).is_file(), src
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary (Debian: apt-get install -y chromium); the HTML itself was checked")
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1280,1600", f"--screenshot={shot}", report.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=90)
+    assert shot.is_file(), proc.stderr[-2000:]
+    picture = cv2.imread(str(shot))
+    assert picture is not None and picture.shape[0] >= 1000
+    assert picture.std() > 20  # not blank
+    # the heatmap thumbnails are rendered: strongly coloured (jet) pixels, which the page's text never has
+    hsv = cv2.cvtColor(picture, cv2.COLOR_BGR2HSV)
+    assert ((hsv[..., 1] > 150) & (hsv[..., 2] > 100)).sum() > 2000
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs(cue_models, moved, tmp_path):
+    root, _ = moved
+    images, gt = tmp_path / "images", tmp_path / "gt"
+    images.mkdir()
+    gt.mkdir()
+    for name in ("scene00", "scene01", "scene02"):
+        shutil.copy(root / "images" / f"{name}.png", images / f"{name}.png")
+    shutil.copy(root / "gt" / "scene00.png", gt / "scene00.png")                       # fine
+    cv2.imwrite(str(gt / "scene01.png"), np.zeros((50, 70), np.uint8))                  # wrong size
+    (images / "broken.png").write_bytes(b"not a png")                                   # unreadable
+    adapter = cue_adapter(cue_models["fair"])                                          # scene02: no mask
+    with pytest.warns(UserWarning, match="no ground-truth mask for scene02"):
+        result = audit(adapter, images, masks=gt, out=tmp_path / "out", min_area=30, progress=False)
+    status = {i["image"]: i for i in result.images}
+    assert status["scene00"]["status"] == "ok" and status["scene00"]["gt"] == "mask"
+    assert status["scene01"]["status"] == "error" and "70x50" in status["scene01"]["error"] \
+        and "96x96" in status["scene01"]["error"]
+    assert status["broken"]["status"] == "error" and "cannot read" in status["broken"]["error"]
+    assert status["scene02"]["status"] == "ok" and status["scene02"]["gt"] == "missing"
+    assert all(r["iou_gt"] is None for r in result.rows if r["image"] == "scene02")
+    assert result.summary["images_failed"] == 2 and result.summary["images_without_gt"] == 1
+    html = result.report.read_text()
+    assert "70x50" in html and "no ground-truth mask for scene02" in html
+    with pytest.raises(ValueError, match="unknown class 'hexagon'"):
+        audit(adapter, images, masks=gt, out=tmp_path / "out2", classes=["hexagon"], progress=False)
+    assert not (tmp_path / "out2").exists()  # checked before anything was written
+    with pytest.raises(FileNotFoundError, match="mask folder not found"):
+        audit(adapter, images, masks=tmp_path / "nowhere", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        audit(adapter, tmp_path / "empty", progress=False)
+
+
+def test_resume_skips_finished_images(cue_models, moved, tmp_path):
+    root, _ = moved
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        shutil.copy(root / "images" / f"scene{i:02d}.png", images / f"scene{i:02d}.png")
+    adapter = cue_adapter(cue_models["fair"])
+    first = audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False)
+    shutil.copy(root / "images" / "scene03.png", images / "scene03.png")
+    calls = []
+    original = adapter.explain
+    adapter.explain = lambda images, **kw: (calls.append(1), original(images, **kw))[1]
+    second = audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False, resume=True)
+    assert len(calls) == 1  # only the new image was explained
+    assert [r for r in second.rows if r["image"] != "scene03"] == first.rows
+    assert len((tmp_path / "out" / "audit.jsonl").read_text().splitlines()) == 1 + 4
+    with pytest.raises(ValueError, match="other settings"):
+        audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False, resume=True, max_outside=0.3)
+
+
+def test_cli(cue_models, moved, tmp_path, monkeypatch, capsys):
+    import sys
+
+    module = sys.modules["dsxai.audit"]  # the module (dsxai.audit itself is the function)
+    root, _ = moved
+    monkeypatch.setattr(module, "_load_adapter", lambda *a, **k: cue_adapter(cue_models["biased"]))
+    from dsxai.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["audit", "cue-biased", "--images", str(root / "images"), "--masks", str(root / "gt"),
+                 "--out", str(out), "--min-area", "30", "--classes", "triangle"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and str(out / "report.html") in printed
+    rows = list(csv.DictReader(open(out / "audit.csv")))
+    assert rows and all(r["class"] == "triangle" for r in rows)
+    assert main(["audit", "cue-biased", "--images", str(root / "images"), "--out", str(tmp_path / "x"),
+                 "--classes", "hexagon"]) == 2
+    assert "unknown class 'hexagon'" in capsys.readouterr().err
+
+
+def test_instance_segmenter(moved, tmp_path):
+    """An instance segmenter (YOLOv8-seg, random init from the shapes yaml): one row per instance mask."""
+    pytest.importorskip("ultralytics")
+    from dsxai.adapters.ultralytics_yolo import UltralyticsAdapter
+    root, _ = moved
+    torch.manual_seed(0)
+    adapter = UltralyticsAdapter(str(Path(dsxai.__file__).parent / "zoo" / "shapes_yolov8-seg.yaml"), imgsz=64)
+    assert adapter.task == "instance"
+    result = audit(adapter, [root / "images" / "scene00.png"], conf=1e-4, min_area=20, out=tmp_path / "yolo",
+                   thumbnails="none", progress=False)
+    assert result.settings["targets"] == "masks" and result.settings["layers"] == list(adapter.default_layers)
+    assert len(result.rows) >= 1
+    for r in result.rows:
+        assert r["area"] >= 20 and "low_confidence" in r["flags"]  # an untrained model is never confident
+        assert abs(r["evidence_inside"] + r["evidence_ring"] + r["evidence_outside"] - 1) < 1e-3
+    assert (tmp_path / "yolo" / "report.html").is_file()
