@@ -25,5 +25,8 @@ test: $(STAMP)
 bench-engine: $(STAMP)
 	$(VENV)/bin/python benchmarks/speed_engine.py
 
+bench-speed: $(STAMP)
+	$(VENV)/bin/python benchmarks/speed.py
+
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

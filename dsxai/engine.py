@@ -6,6 +6,7 @@ batching, normalisation, upsampling, layer fusion and augmentation live here.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -132,6 +133,20 @@ class BaseCAM:
         hflip: also explain the mirrored image and average; targets that are not
             mirror-invariant must provide ``hflip(width)`` returning the mirrored target.
         seed: seed of the noise.
+        autocast: None (default, exact float32 path) or a reduced precision,
+            "bf16"/"fp16" or ``torch.bfloat16``/``torch.float16``: the model's
+            forwards run under ``torch.autocast`` on the input's device (CPU: bf16,
+            and fp16 where torch supports it), gradients flow in that precision,
+            and every map is computed in float32 from float32 copies of the
+            activations and gradients. Normalised maps stay within ~1e-2 (fp16)
+            / 2e-2 (bf16) max abs of the float32 ones at a backbone's last stage,
+            less close at earlier layers (see ``tests/test_fast_paths.py``). Not
+            advised for AblationCAM: its weights are differences of nearly equal
+            scores, which reduced precision rounds away. Prefer bf16: fp16 has no
+            loss scaling here, so the gradients of tiny scores (e.g. ~1e-4 of a
+            random-init detector) underflow and the maps are lost. The target then
+            also decodes reduced-precision outputs: a detector's boxes and NMS may
+            differ from the float32 ones (other detections, other maps).
     """
 
     needs_gradients: bool = True
@@ -150,6 +165,7 @@ class BaseCAM:
         noise_sigma: float = 0.1,
         hflip: bool = False,
         seed: int = 0,
+        autocast: str | torch.dtype | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -167,6 +183,7 @@ class BaseCAM:
         self.noise_sigma = noise_sigma
         self.hflip = hflip
         self.seed = seed
+        self.autocast = _autocast_dtype(autocast)
         self._warned_loop = False
 
     # ----------------------------------------------------------------- public
@@ -210,6 +227,12 @@ class BaseCAM:
         raise NotImplementedError
 
     # -------------------------------------------------------------- internals
+    def _autocast(self, x: Tensor):
+        """The model's forwards run in this context: autocast when asked for, else nothing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.autocast)
+
     def _views(self, x: Tensor) -> list[tuple[Tensor, bool]]:
         # The clean image comes first: targets that decode detections on their first
         # call (adapters) must see the real image, not a noisy copy.
@@ -227,7 +250,7 @@ class BaseCAM:
     def _explain_view(self, x: Tensor, targets: Callable | None):
         batch = x.shape[0]
         x_in = x.detach().clone().requires_grad_(self.needs_gradients)
-        with capture_outputs(self.layers) as captured:
+        with capture_outputs(self.layers) as captured, self._autocast(x):
             output = self.model(x_in)
         sources = self._sources(captured)
         if targets is None:
@@ -283,7 +306,7 @@ class BaseCAM:
         if isinstance(self, _PerturbationMixin):
             return self._perturbation_maps(x, sources, targets, flat_scores, counts)
         if not self.needs_gradients:
-            per_image = [self.cam_from_activations(s.activations.detach()) for s in sources]
+            per_image = [self.cam_from_activations(s.activations.detach().float()) for s in sources]
             return [cams[image_of] for cams in per_image]
         return self._gradient_maps(sources, flat_scores, image_of)
 
@@ -307,7 +330,8 @@ class BaseCAM:
                 g = g[torch.arange(len(rows), device=g.device), owners]  # each target's own image
                 if self.reshape is not None:
                     g = self.reshape(g)
-                maps[k].append(self.cam_from_gradients(source.activations.detach()[owners], g.detach()))
+                maps[k].append(self.cam_from_gradients(source.activations.detach()[owners].float(),
+                                                       g.detach().float()))
             del grads, grad_of
         return [torch.cat(m) for m in maps]
 
@@ -335,6 +359,19 @@ class BaseCAM:
                      for i in range(len(leaves))]
         return [torch.zeros((len(rows),) + leaf.shape, device=leaf.device, dtype=leaf.dtype) if g is None else g
                 for g, leaf in zip(grads, leaves)]
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "half": torch.float16}
+
+
+def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or value is False:
+        return None
+    dtype = _AUTOCAST.get(value.lower()) if isinstance(value, str) else value
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be None, 'bf16' or 'fp16' (or torch.bfloat16 / torch.float16), got {value!r}")
+    return dtype
 
 
 @dataclass
@@ -407,9 +444,10 @@ class _PerturbationMixin:
                 for b in range(x.shape[0]):
                     if counts[b] == 0:
                         continue
-                    weights = self.channel_weights(x, b, source, targets, base[b])  # [T_b, C]
-                    acts = source.activations[b].detach()
-                    per_image.append(torch.einsum("tc,chw->thw", weights.to(acts.dtype), acts))
+                    with self._autocast(x):
+                        weights = self.channel_weights(x, b, source, targets, base[b])  # [T_b, C]
+                    acts = source.activations[b].detach().float()
+                    per_image.append(torch.einsum("tc,chw->thw", weights.float(), acts))
                 h, w = source.activations.shape[-2:]
                 maps.append(torch.cat(per_image) if per_image else x.new_zeros(0, h, w))
         return maps

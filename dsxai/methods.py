@@ -62,20 +62,56 @@ class LayerCAM(BaseCAM):
         return (gradients.relu() * activations).sum(1)
 
 
-def first_component(features: Tensor, reference: Tensor) -> Tensor:
+PCA_SOLVERS = ("svd", "gram", "lowrank")
+
+
+def first_component(features: Tensor, reference: Tensor, solver: str = "svd") -> Tensor:
     """Projection of ``[N, C, h, w]`` features on their first principal component -> ``[N, h, w]``.
 
     The sign of a singular vector is arbitrary (it flips between model sizes and
     LAPACK builds). We fix it so that the projection correlates positively with
     ``reference`` ``[N, h, w]`` (where the evidence is), falling back to making
     the largest-magnitude entry positive when the correlation is exactly zero.
+
+    ``solver`` picks how the first right singular vector of the centred
+    ``[hw, C]`` matrix is found (all on the features' device):
+
+    * ``"svd"`` (default, exact): ``torch.linalg.svd``.
+    * ``"gram"`` (fast path): top eigenvector of the ``[C, C]`` Gram matrix
+      (``torch.linalg.eigh``), in float64 on CPU and float32 elsewhere; it skips the
+      ``[hw, C]`` factorisation, which dominates when ``hw >> C``.
+    * ``"lowrank"`` (fast path): randomised subspace iteration as in
+      ``torch.svd_lowrank`` (rank-6 sketch, 4 power iterations), seeded by its own
+      generator, so repeated calls agree and the global RNG is left alone.
+
+    The fast paths agree with ``"svd"`` within ``tests/test_fast_paths.py``'s
+    tolerances when the first component is well separated; when the top two
+    singular values nearly tie, the first component itself is ill-defined.
     """
+    if solver not in PCA_SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(PCA_SOLVERS)}")
     n, c, h, w = features.shape
     flat = features.flatten(2).transpose(1, 2).float()  # [N, hw, C]
     flat = flat - flat.mean(1, keepdim=True)
-    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-    projection = (flat @ vh[:, 0, :, None])[..., 0]  # [N, hw]
+    projection = (flat @ _first_right_vector(flat, solver)[..., None])[..., 0]  # [N, hw]
     return (projection * _sign(projection, reference.flatten(1).float())[:, None]).view(n, h, w)
+
+
+def _first_right_vector(flat: Tensor, solver: str) -> Tensor:
+    """First right singular vector ``[N, C]`` of each centred ``[N, hw, C]`` matrix (sign arbitrary)."""
+    if solver == "gram":
+        wide = torch.float64 if flat.device.type == "cpu" else torch.float32
+        gram = flat.transpose(1, 2).to(wide) @ flat.to(wide)  # [N, C, C]
+        return torch.linalg.eigh(gram)[1][..., -1].to(flat.dtype)  # eigenvalues ascend
+    if solver == "lowrank":  # randomised subspace iteration (Halko et al.), as torch.svd_lowrank does
+        rank = min(6, *flat.shape[1:])
+        generator = torch.Generator(device=flat.device).manual_seed(0)  # fixed: repeated calls agree
+        sketch = torch.randn(flat.shape[2], rank, generator=generator, device=flat.device, dtype=flat.dtype)
+        basis = torch.linalg.qr(flat @ sketch)[0]  # [N, hw, rank]
+        for _ in range(4):
+            basis = torch.linalg.qr(flat @ (flat.transpose(1, 2) @ basis))[0]
+        return torch.linalg.svd(basis.transpose(1, 2) @ flat, full_matrices=False)[2][:, 0, :]
+    return torch.linalg.svd(flat, full_matrices=False)[2][:, 0, :]
 
 
 def _sign(projection: Tensor, reference: Tensor) -> Tensor:
@@ -91,12 +127,20 @@ class EigenCAM(BaseCAM):
     Gradient-free and class-agnostic: one map per image, repeated for each target.
     Differs from pytorch-grad-cam in the sign: theirs is whatever the SVD returns,
     ours points towards the channel-mean activation (see :func:`first_component`).
+    Option ``solver`` ("svd" exact by default, "gram" or "lowrank" fast paths):
+    see :func:`first_component`.
     """
 
     needs_gradients = False
 
+    def __init__(self, *args, solver: str = "svd", **kwargs):
+        if solver not in PCA_SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(PCA_SOLVERS)}")
+        super().__init__(*args, **kwargs)
+        self.solver = solver
+
     def cam_from_activations(self, activations: Tensor) -> Tensor:
-        return first_component(activations, activations.mean(1))
+        return first_component(activations, activations.mean(1), self.solver)
 
 
 class EigenGradCAM(BaseCAM):
