@@ -79,8 +79,14 @@ def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = MET
     scenes = make_scenes(n_scenes, zoo.TEST_SEED)
     table: dict[str, dict[str, _Scores]] = {}
     pictures: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
     for name in models:
-        adapter = zoo.load_adapter(name)
+        try:
+            adapter = zoo.load_adapter(name)
+        except FileNotFoundError as exc:  # a checkpoint not shipped in this build: say so, go on
+            skipped[name] = str(exc).splitlines()[0]
+            log(f"  {TITLES[name]}: skipped ({skipped[name]})")
+            continue
         table[name] = {m: _Scores() for m in methods}
         pictures[name] = []
         for k, scene in enumerate(scenes):
@@ -98,14 +104,14 @@ def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = MET
             path = write_png(out / f"{name}_scene{k}.png", picture)
             pictures[name].append(path.name)
         log(f"  {TITLES[name]}: {n_scenes} scenes x {len(methods)} methods done")
-    summary = _summary(out, table, pictures, methods, n_scenes, time.perf_counter() - started)
+    summary = _summary(out, table, pictures, methods, n_scenes, time.perf_counter() - started, skipped)
     log(f"dsxai demo: wrote {sum(map(len, pictures.values()))} pictures and {summary} "
         f"in {time.perf_counter() - started:.0f} s")
     return summary
 
 
 def _summary(out: Path, table: dict[str, dict[str, _Scores]], pictures: dict[str, list[str]],
-             methods: tuple[str, ...], n_scenes: int, seconds: float) -> Path:
+             methods: tuple[str, ...], n_scenes: int, seconds: float, skipped: dict[str, str]) -> Path:
     lines = [
         "# dsxai demo: shapes scenes explained by the shipped models", "",
         f"{n_scenes} held-out scenes (`dsxai.shapes.make_scenes({n_scenes}, TEST_SEED)`), every detection or "
@@ -124,6 +130,8 @@ def _summary(out: Path, table: dict[str, dict[str, _Scores]], pictures: dict[str
             inside, prior, peak, n = rows[method].row()
             lines.append(f"| {method} | {inside:.3f} | {prior:.3f} | {peak:.3f} | {n} |")
         lines += [""] + [f"![{name} scene {k}]({file})" for k, file in enumerate(pictures[name])] + [""]
+    for name, why in skipped.items():
+        lines += [f"## {TITLES[name]}", "", f"Skipped: {why}", ""]
     lines.append(f"Made in {seconds:.0f} s on {torch.get_num_threads()} CPU threads.")
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
