@@ -134,7 +134,10 @@ def test_fasterrcnn_maps_point_at_their_own_object(scenes, method):
     check_detector(adapter, scenes, method)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "hirescam", "layercam"])
+# Plain GradCAM is left out as for the detectors: its channel weights are pooled over the whole map, so a
+# mask's map spreads over every object of similar features (measured on the shipped U-Net: 0.50 of the energy
+# inside or next to the mask, against the HiResCAM / LayerCAM figures this test pins).
+@pytest.mark.parametrize("method", ["hirescam", "layercam"])
 def test_unet_mask_maps_sit_on_their_mask(scenes, method):
     pytest.importorskip("segmentation_models_pytorch")
     import cv2

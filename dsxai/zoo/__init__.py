@@ -15,7 +15,7 @@ U-Net (segmentation-models-    :func:`load_shapes_unet`                    float
 pytorch)                                                                   ``[0, 1]`` normalised with
                                                                            :data:`UNET_MEAN` / :data:`UNET_STD`
                                                                            (:func:`unet_preprocess`); H, W
-                                                                           multiples of 8
+                                                                           multiples of 32
 =============================  ==========================================  ===================================
 
 Class ids: the torchvision / smp models use the shapes-world ids (0 = background, 1..4 = :data:`SHAPES_CLASSES`);
@@ -197,18 +197,26 @@ def load_shapes_fasterrcnn(device: str = "cpu", path: str | os.PathLike | None =
 # ----------------------------------------------------------------------------------------------- U-Net
 
 
-def build_shapes_unet(num_classes: int = len(SHAPES_CLASSES) + 1):
-    """The shapes-world U-Net (random init): smp ``Unet`` with a ResNet-18 encoder cut to depth 3 (``conv1``,
-    ``layer1``, ``layer2``; output stride 8; ``layer3``/``layer4`` removed) and decoder channels (32, 16, 8).
+def build_shapes_unet(num_classes: int = len(SHAPES_CLASSES) + 1, presence_head: bool = False):
+    """The shapes-world U-Net (random init): smp ``Unet`` with a timm MobileNetV3-small encoder
+    (``tu-mobilenetv3_small_100``, depth 5, output stride 32: a receptive field that covers whole objects) and
+    decoder channels (64, 48, 32, 16, 8); 1.42M parameters.
 
-    Input height and width must be multiples of 8."""
+    ``presence_head=True`` adds smp's auxiliary classification head (one logit per object class: "is a disc /
+    square / triangle / ring in the image"), used only in training to speed up shape learning; the model then
+    returns ``(masks, presence_logits)``. The shipped model has no such head.
+
+    Input height and width must be multiples of 32."""
     import segmentation_models_pytorch as smp
 
-    model = smp.Unet(encoder_name="resnet18", encoder_depth=3, encoder_weights=None,
-                     decoder_channels=(32, 16, 8), classes=num_classes)
-    # depth 3 uses conv1, layer1 and layer2 only (stride 8); drop the unused stages (8.4M parameters)
-    del model.encoder.layer3, model.encoder.layer4
-    return model
+    aux = dict(classes=num_classes - 1, dropout=0.0) if presence_head else None
+    return smp.Unet(encoder_name="tu-mobilenetv3_small_100", encoder_depth=5, encoder_weights=None,
+                    decoder_channels=(64, 48, 32, 16, 8), classes=num_classes, aux_params=aux)
+
+
+# The shipped shapes_unet.pt: this recipe (presence head, 128 px scenes, AdamW 4e-3 OneCycle) for 1300 steps,
+# then 500 more steps of cosine decay from lr 1e-3 on fresh scenes; held-out (80 TEST_SEED scenes) mIoU 0.926,
+# object classes 0.909. The single `python -m dsxai.zoo.train_unet` run (1400 steps) measured 0.905 / 0.883.
 
 
 def load_shapes_unet(device: str = "cpu", path: str | os.PathLike | None = None):

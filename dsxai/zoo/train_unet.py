@@ -1,9 +1,13 @@
-"""Train the shapes-world U-Net (segmentation-models-pytorch, ResNet-18 encoder cut to depth 3, random init).
+"""Train the shapes-world U-Net (segmentation-models-pytorch, MobileNetV3-small encoder, depth 5, random init).
 
     python -m dsxai.zoo.train_unet --out dsxai/zoo/weights
 
 5 classes: 0 = background, 1..4 = disc, square, triangle, ring. Every step draws fresh scenes
-``make_scenes(batch, TRAIN_SEED, start=step * batch)``; the run is a pure function of its arguments. Saves
+``make_scenes(batch, TRAIN_SEED, start=step * batch, size=image_size)`` (128 px scenes by default: the objects
+keep their 16-96 px sizes, so a small scene holds whole objects at test scale, 4x cheaper than a 256 px one);
+the run is a pure function of its arguments (and the thread count). Loss: cross-entropy + soft dice + an
+auxiliary per-image class-presence BCE (smp ``aux_params`` head, dropped before saving), which makes the
+shape classes (square vs triangle vs disc) emerge much earlier. Saves
 ``shapes_unet.pt`` (fp16 state dict; :func:`dsxai.zoo.load_shapes_unet` loads it as float32).
 """
 from __future__ import annotations
@@ -16,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FILENAME = "shapes_unet.pt"
-DEFAULTS = dict(steps=500, batch=8, lr=3e-3, weight_decay=1e-4, warmup=30, crop=128)
+DEFAULTS = dict(steps=1400, batch=16, lr=4e-3, weight_decay=1e-4, warmup=140, crop=None, image_size=128,
+                presence_weight=1.0)
 
 
 def _augment(x, y, rng, crop: int | None = None):
@@ -52,12 +57,15 @@ def dice_loss(logits, target, eps: float = 1.0):
 
 def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: float = DEFAULTS["lr"],
           weight_decay: float = DEFAULTS["weight_decay"], warmup: int = DEFAULTS["warmup"], seed: int = 0,
-          threads: int = 2, image_size: int = 256, log_every: int = 25, data_seed: int | None = None,
-          crop: int | None = DEFAULTS["crop"]):
-    """Train and return the model (train mode). Deterministic for fixed arguments and thread count.
+          threads: int = 2, image_size: int = DEFAULTS["image_size"], log_every: int = 25,
+          data_seed: int | None = None, crop: int | None = DEFAULTS["crop"],
+          presence_weight: float = DEFAULTS["presence_weight"]):
+    """Train and return the model (train mode, without the presence head). Deterministic for fixed arguments
+    and thread count.
 
-    Training uses random ``crop`` x ``crop`` patches of the scenes (4x cheaper than whole 256 px scenes; the
-    fully convolutional model is then applied to whole scenes); ``crop=None`` trains on whole scenes.
+    Training uses ``image_size`` px scenes, optionally random ``crop`` x ``crop`` patches of them (``None``:
+    whole scenes); the fully convolutional model is then applied to whole 256 px scenes. Learning rate: linear
+    warm-up from ``lr / 10`` over ``warmup`` steps, then cosine decay to ``lr / 1000``.
     """
     import numpy as np
     import torch
@@ -69,7 +77,7 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_shapes_unet()
+    model = build_shapes_unet(presence_head=presence_weight > 0)
     model.train()
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
@@ -78,7 +86,7 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     def lr_at(i: int) -> float:
         if i < warmup:
             return lr * (0.1 + 0.9 * i / warmup)
-        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(steps - warmup, 1))))
+        return lr * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(steps - warmup, 1))))
 
     data_seed = TRAIN_SEED if data_seed is None else data_seed
     t0 = time.time()
@@ -90,8 +98,14 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
         x, y = _augment(x, y, rng, crop)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y) + dice_loss(logits, y)
+        out = model(x)
+        if isinstance(out, tuple):  # (masks, presence logits): "is class c anywhere in the image"
+            logits, presence = out
+            present = F.one_hot(y.flatten(1), logits.shape[1]).amax(1)[:, 1:].to(presence.dtype)
+            aux = F.binary_cross_entropy_with_logits(presence, present)
+        else:
+            logits, aux = out, 0.0
+        loss = F.cross_entropy(logits, y) + dice_loss(logits, y) + presence_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -99,6 +113,7 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:4d}/{steps} loss={running:.3f} lr={lr_at(step):.2e} {time.time() - t0:.0f}s",
                   flush=True)
+    model.classification_head = None  # training-only head; the shipped model outputs masks only
     return model
 
 
@@ -125,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--crop", type=int, default=DEFAULTS["crop"], help="training patch size (0 = whole scenes)")
+    p.add_argument("--crop", type=int, default=DEFAULTS["crop"] or 0,
+                   help="training patch size (0 = whole scenes)")
+    p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"], help="training scene size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval", type=int, default=0, help="evaluate on this many held-out scenes (TEST_SEED)")
@@ -134,12 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     from dsxai.zoo import TEST_SEED, save_state_dict_fp16
 
     t0 = time.time()
-    model = train(a.steps, a.batch, a.lr, seed=a.seed, threads=a.threads, crop=a.crop or None)
+    model = train(a.steps, a.batch, a.lr, seed=a.seed, threads=a.threads, crop=a.crop or None,
+                  image_size=a.image_size)
     dt = time.time() - t0
     a.out.mkdir(parents=True, exist_ok=True)
     dst = a.out / FILENAME
     save_state_dict_fp16(model, dst, meta={"steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
-                                           "crop": a.crop,
+                                           "crop": a.crop, "image_size": a.image_size,
+                                           "threads": a.threads,
                                            "train_seconds": round(dt, 1)})
     print(f"trained {a.steps} steps in {dt:.0f}s; saved {dst} ({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
     if a.eval:
