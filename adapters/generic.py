@@ -245,8 +245,7 @@ def _preprocessing(preprocess: Any, options: dict[str, Any]) -> tuple[Callable, 
 
 
 class _AdapterBase(Adapter):
-    """Preprocessing through :func:`make_batch`, lazily guessed layers, and a ``predict`` that
-    leaves each module's train/eval flag as it was."""
+    """Preprocessing through :func:`make_batch` and lazily guessed layers."""
 
     _preprocess_fn: Callable
     _pad_multiple: int = 1
@@ -267,13 +266,6 @@ class _AdapterBase(Adapter):
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Batch:
         return make_batch(images, self._preprocess_fn, self._pad_multiple, self._pad_value, self.device)
-
-    def predict(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> list[Detections]:
-        batch = self.preprocess(images)
-        target = self._target(batch, self.default_targets, options)
-        with preserved_state(self.model), torch.no_grad():
-            target(self.model(batch.tensor))
-        return target.detections
 
 
 # --------------------------------------------------------------------------------------------------

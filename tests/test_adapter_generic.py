@@ -9,29 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _model_state import assert_unchanged, snapshot
 from dsxai.adapters.generic import (
     DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, guess_layers, make_batch,
 )
 
 DATA = Path("/work/shared/data")
-
-
-def snapshot(model):
-    return {
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
-def assert_unchanged(model, before):
-    assert {n: m.training for n, m in model.named_modules()} == before["modes"]
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before["grad"]
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before["state"][k]), k
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-    assert all(p.grad is None for p in model.parameters())
 
 
 def share_in_box(m, box, margin=0):

@@ -9,24 +9,7 @@ import torch.nn.functional as F
 smp = pytest.importorskip("segmentation_models_pytorch")
 
 from dsxai.adapters.smp_segmentation import SMPAdapter  # noqa: E402
-
-
-def snapshot(model):
-    return {
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
-def assert_unchanged(model, before):
-    assert {n: m.training for n, m in model.named_modules()} == before["modes"]
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before["grad"]
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before["state"][k]), k
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-    assert all(p.grad is None for p in model.parameters())
+from _model_state import assert_unchanged, snapshot  # noqa: E402
 
 
 def dilate(mask, pixels):

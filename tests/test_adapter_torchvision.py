@@ -16,6 +16,7 @@ import torch
 from torchvision.models import detection
 
 from dsxai.adapters.torchvision_detection import TorchvisionDetectionAdapter, TorchvisionDetector
+from _model_state import assert_unchanged, snapshot  # noqa: E402
 
 ultralytics = pytest.importorskip("ultralytics")
 ASSETS = Path(ultralytics.__file__).parent / "assets"
@@ -30,24 +31,6 @@ def build(name, **options):
     torch.manual_seed(0)
     return getattr(detection, name)(weights=None, weights_backbone=None, min_size=128, max_size=192,
                                     **options).eval()
-
-
-def snapshot(model):
-    return {
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
-def assert_unchanged(model, before):
-    assert {n: m.training for n, m in model.named_modules()} == before["modes"]
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before["grad"]
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before["state"][k]), k
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-    assert all(p.grad is None for p in model.parameters())
 
 
 def reference(model, image):
