@@ -343,75 +343,86 @@ def bench_model(case: Case, methods: list[str], args, device: torch.device) -> d
     floors: dict[str, float] = {}
     exact_maps: dict[str, Tensor] = {}
     for method in methods:
-        base, _, variant = method.partition(":")
-        if variant:
-            out["methods"][method] = fast_path(case, method, base, n, args, device, out, exact_maps)
-            continue
-        family = "eigen" if method == "eigencam" else "perturb" if method in ("scorecam", "ablationcam") else "gradient"
-        layers = LAYERS[case.name][family]
-        options = {"batch_size": args.perturb_batch} if family == "perturb" else {}
-        row: dict[str, Any] = {"layers": layers}
-        ours, _ = ours_call(case, method, layers, n, options)
-        notes = _Notes()
-        engine_log = logging.getLogger("dsxai")
-        level = engine_log.level
-        engine_log.addHandler(notes)
-        engine_log.setLevel(logging.INFO)
         try:
-            row["dsxai_s"] = timed(ours, device, args.repeats)
-        finally:
-            engine_log.removeHandler(notes)
-            engine_log.setLevel(level)
-        if notes.lines:
-            row["engine_notes"] = sorted(set(notes.lines))
-        result = ours()
-        maps = result.maps[0] if isinstance(result.maps, list) else result.maps[0]
-        if maps.shape[0] != n:
-            raise RuntimeError(f"{case.name} {method}: got {maps.shape[0]} maps for {n} targets")
-        exact_maps[method] = maps
-        row["dsxai_peak_mib"] = peak_memory(ours, device)
-        if family == "gradient":
-            key = ",".join(layers)
-            if key not in floors:
-                floors[key] = timed(backward_floor(case, layers, n), device, args.repeats)
-                out.setdefault("forward_backward_s", {})[key] = floors[key]
-                out.setdefault("forward_backward_peak_mib", {})[key] = peak_memory(backward_floor(case, layers, n),
-                                                                                 device)
-            row["floor"] = "forward+backward"
-            row["dsxai_over_floor"] = row["dsxai_s"] / floors[key]
-        elif family == "eigen":
-            row["floor"] = "forward"
-            row["dsxai_over_floor"] = row["dsxai_s"] / out["forward_s"]
-        else:
-            channels = _channels(case, layers[0])
-            row["channels"] = channels
-            row["masked_forwards_per_call"] = math.ceil(channels / args.perturb_batch)
-            row["masked_images_per_forward"] = args.perturb_batch
-            row["floor"] = "forward"
-            row["dsxai_over_floor"] = row["dsxai_s"] / out["forward_s"]
-        if not args.skip_reference:
-            timed_targets = n
-            if family == "perturb" and args.ref_perturb_targets:
-                timed_targets = min(n, args.ref_perturb_targets)
-            targets = case.ref_targets(ours.detections, timed_targets)
-            theirs, cam = reference_call(case, method, layers, targets, options)
-            repeats = args.repeats if family != "perturb" else max(1, args.repeats // 2)
-            seconds = timed(theirs, device, repeats)
-            cam.activations_and_grads.release()
-            case.ref_model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward fills .grad
-            row["reference_targets_timed"] = 1 if family == "eigen" else timed_targets
-            row["grad_cam_s"] = seconds if family == "eigen" else seconds * n / timed_targets
-            if family == "gradient" and case.name in SAME_TARGETS:  # sanity: both computed the same maps
-                theirs_maps = torch.from_numpy(np.concatenate(theirs.last))
-                row["min_corr_vs_reference"] = _min_correlation(maps.cpu(), theirs_maps)
-            row["speedup"] = row["grad_cam_s"] / row["dsxai_s"]
-        out["methods"][method] = row
-        print(f"  {case.name:10s} {method:12s} dsxai {row['dsxai_s'] * 1e3:9.1f} ms"
-              + (f"  pytorch-grad-cam {row['grad_cam_s'] * 1e3:10.1f} ms" if "grad_cam_s" in row else ""),
-              file=sys.stderr, flush=True)
+            measure_method(case, method, n, args, device, out, floors, exact_maps)
+        except Exception as exc:  # one failing method must not lose the others' figures
+            out["methods"][method] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+            print(f"  {case.name:10s} {method:12s} FAILED: {out['methods'][method]['error']}", file=sys.stderr,
+                  flush=True)
     if device.type == "cuda" or args.quick:
         out["chunked"] = chunked_memory(case, args, device)
     return out
+
+
+def measure_method(case: Case, method: str, n: int, args, device: torch.device, out: dict,
+                   floors: dict[str, float], exact_maps: dict[str, Tensor]) -> None:
+    """Time one method (or fast path) on ``case`` into ``out["methods"][method]``."""
+    base, _, variant = method.partition(":")
+    if variant:
+        out["methods"][method] = fast_path(case, method, base, n, args, device, out, exact_maps)
+        return
+    family = "eigen" if method == "eigencam" else "perturb" if method in ("scorecam", "ablationcam") else "gradient"
+    layers = LAYERS[case.name][family]
+    options = {"batch_size": args.perturb_batch} if family == "perturb" else {}
+    row: dict[str, Any] = {"layers": layers}
+    ours, _ = ours_call(case, method, layers, n, options)
+    notes = _Notes()
+    engine_log = logging.getLogger("dsxai")
+    level = engine_log.level
+    engine_log.addHandler(notes)
+    engine_log.setLevel(logging.INFO)
+    try:
+        row["dsxai_s"] = timed(ours, device, args.repeats)
+    finally:
+        engine_log.removeHandler(notes)
+        engine_log.setLevel(level)
+    if notes.lines:
+        row["engine_notes"] = sorted(set(notes.lines))
+    result = ours()
+    maps = result.maps[0] if isinstance(result.maps, list) else result.maps[0]
+    if maps.shape[0] != n:
+        raise RuntimeError(f"{case.name} {method}: got {maps.shape[0]} maps for {n} targets")
+    exact_maps[method] = maps
+    row["dsxai_peak_mib"] = peak_memory(ours, device)
+    if family == "gradient":
+        key = ",".join(layers)
+        if key not in floors:
+            floors[key] = timed(backward_floor(case, layers, n), device, args.repeats)
+            out.setdefault("forward_backward_s", {})[key] = floors[key]
+            out.setdefault("forward_backward_peak_mib", {})[key] = peak_memory(backward_floor(case, layers, n),
+                                                                             device)
+        row["floor"] = "forward+backward"
+        row["dsxai_over_floor"] = row["dsxai_s"] / floors[key]
+    elif family == "eigen":
+        row["floor"] = "forward"
+        row["dsxai_over_floor"] = row["dsxai_s"] / out["forward_s"]
+    else:
+        channels = _channels(case, layers[0])
+        row["channels"] = channels
+        row["masked_forwards_per_call"] = math.ceil(channels / args.perturb_batch)
+        row["masked_images_per_forward"] = args.perturb_batch
+        row["floor"] = "forward"
+        row["dsxai_over_floor"] = row["dsxai_s"] / out["forward_s"]
+    if not args.skip_reference:
+        timed_targets = n
+        if family == "perturb" and args.ref_perturb_targets:
+            timed_targets = min(n, args.ref_perturb_targets)
+        targets = case.ref_targets(ours.detections, timed_targets)
+        theirs, cam = reference_call(case, method, layers, targets, options)
+        repeats = args.repeats if family != "perturb" else max(1, args.repeats // 2)
+        seconds = timed(theirs, device, repeats)
+        cam.activations_and_grads.release()
+        case.ref_model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward fills .grad
+        row["reference_targets_timed"] = 1 if family == "eigen" else timed_targets
+        row["grad_cam_s"] = seconds if family == "eigen" else seconds * n / timed_targets
+        if family == "gradient" and case.name in SAME_TARGETS:  # sanity: both computed the same maps
+            theirs_maps = torch.from_numpy(np.concatenate(theirs.last))
+            row["min_corr_vs_reference"] = _min_correlation(maps.cpu(), theirs_maps)
+        row["speedup"] = row["grad_cam_s"] / row["dsxai_s"]
+    out["methods"][method] = row
+    print(f"  {case.name:10s} {method:12s} dsxai {row['dsxai_s'] * 1e3:9.1f} ms"
+          + (f"  pytorch-grad-cam {row['grad_cam_s'] * 1e3:10.1f} ms" if "grad_cam_s" in row else ""),
+          file=sys.stderr, flush=True)
 
 
 def fast_path(case: Case, method: str, base: str, n: int, args, device: torch.device, out: dict,
@@ -500,6 +511,10 @@ def table(results: dict) -> str:
              "dsxai peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for model in results["models"]:
         for method, row in model["methods"].items():
+            if "error" in row:
+                lines.append(f"| {model['model']} | {model['input']} | {method} | FAILED: {row['error']} "
+                             "| | | | | |")
+                continue
             speedup = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
             if "speedup_vs_exact" in row:
                 speedup = f"{row['speedup_vs_exact']:.2f}x vs exact (max diff {row['max_abs_diff_vs_exact']:.1e})"
@@ -521,6 +536,29 @@ def table(results: dict) -> str:
                          f"{_fmt(c['dsxai_peak_mib'], 'mib')} MiB vs one backward {_fmt(c['single_backward_s'])} ms, "
                          f"peak {_fmt(c['single_backward_peak_mib'], 'mib')} MiB")
     return "\n".join(lines)
+
+
+def merge_results(old: dict, new: dict) -> dict:
+    """``new``'s rows replace ``old``'s for the same model, input and method; the rest of ``old`` stays."""
+    if (old.get("device"), old.get("machine")) != (new.get("device"), new.get("machine")):
+        raise SystemExit(f"--update: the JSON holds {old.get('device')} / {old.get('machine')} results, this run is "
+                         f"{new.get('device')} / {new.get('machine')}; write to another --out")
+    merged = {**old, **{k: v for k, v in new.items() if k != "models"}, "models": list(old["models"])}
+    for model in new["models"]:
+        same = [i for i, m in enumerate(merged["models"])
+                if (m["model"], m.get("input")) == (model["model"], model.get("input"))]
+        if not same:
+            merged["models"].append(model)
+            continue
+        previous = merged["models"][same[0]]
+        methods = {**previous["methods"], **model["methods"]}
+        for key in ("forward_backward_s", "forward_backward_peak_mib"):
+            if key in previous or key in model:
+                model[key] = {**previous.get(key, {}), **model.get(key, {})}
+        merged["models"][same[0]] = {**previous, **model, "methods": methods}
+    merged["updated"] = sorted({*old.get("updated", []), *(f"{m['model']}:{k}" for m in new["models"]
+                                                          for k in m["methods"])})
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny inputs, 3 targets, 1 repeat, small chunked run")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    parser.add_argument("--update", action="store_true",
+                        help="merge into the JSON already at the output path: re-measured methods replace the old "
+                             "rows, other rows stay (the table is printed for the merged results)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -595,12 +636,14 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+    tag = device.type + ("-quick" if args.quick else "")
+    path = args.out or ROOT / "results" / f"speed-{tag}.json"
+    if args.update and path.exists():
+        results = merge_results(json.loads(path.read_text()), results)
     text = table(results)
     print(f"{results['machine']} ({device}), torch {results['torch']}, {results['threads']} threads, "
           f"medians of {args.repeats}")
     print(text)
-    tag = device.type + ("-quick" if args.quick else "")
-    path = args.out or ROOT / "results" / f"speed-{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")

@@ -28,13 +28,16 @@ Flags (reasons in words, thresholds are options with these defaults):
   context bias.
 * ``low_confidence``: ``confidence < min_confidence`` (:data:`MIN_CONFIDENCE` = 0.6).
 * ``gt_disagreement``: "disagrees with ground truth" -- ``iou_gt < min_iou`` (:data:`MIN_IOU` = 0.5).
+* ``no_evidence``: the mask's map is all zero (nothing positive at the explained layer), so its shares say
+  nothing; a silent "all inside" would be wrong.
 
 ``score`` ranks masks by how much they need a look: the number of flags plus a soft term in [0, 1], the
 weighted mean of ``evidence_outside`` (0.4), ``1 - confidence`` (0.2), ``1 - iou_gt`` (0.3, with ground
 truth) and a missed pointing game (0.1). Any flagged mask ranks above every unflagged one.
 
-Layers: smp models are explained at the deepest stage of their encoder (e.g. ``encoder.layer2`` of the
-shapes U-Net), not at the adapter's default ``decoder``: a per-mask map at the decoder output lies inside
+Layers: smp models are explained at the deepest stage of their encoder (:func:`audit_layers`: e.g.
+``encoder.layer4`` of a ResNet encoder, ``encoder.model.blocks.5`` (stride 32) of the shipped shapes U-Net,
+``encoder.layer2`` of the depth-3 cue-world U-Net), not at the adapter's default ``decoder``: a per-mask map at the decoder output lies inside
 the mask by construction (the segmentation head is a 3x3 convolution), so it cannot show context. Other
 models use their adapter's default layers; ``layers=`` overrides both.
 
@@ -80,8 +83,8 @@ JOURNAL, JSON_FILE, CSV_FILE, HTML_FILE, THUMBS = "audit.jsonl", "audit.json", "
 #: columns of audit.csv (one row per mask)
 CSV_COLUMNS = (
     "image", "mask", "class_id", "class", "area", "confidence", "x1", "y1", "x2", "y2", "ring_px",
-    "evidence_inside", "evidence_ring", "evidence_outside", "peak_x", "peak_y", "pointing_hit", "peak_in_ring",
-    "iou_gt", "evidence_in_gt", "gt_class", "score", "flags", "reasons", "thumbnail",
+    "evidence_inside", "evidence_ring", "evidence_outside", "has_evidence", "peak_x", "peak_y", "pointing_hit",
+    "peak_in_ring", "iou_gt", "evidence_in_gt", "gt_class", "score", "flags", "reasons", "thumbnail",
 )
 
 
@@ -145,8 +148,8 @@ def mask_figures(maps: Tensor, masks: Tensor, *, ring_px: float = RING_PX, ring_
         gt_regions: optional ``[T, H, W]`` bool ground-truth regions: adds ``evidence_in_gt``.
 
     Returns one dict per map with ``area``, ``ring_px``, ``evidence_inside``, ``evidence_ring``,
-    ``evidence_outside``, ``peak_x``, ``peak_y``, ``pointing_hit``, ``peak_in_ring`` (and
-    ``evidence_in_gt``). An all-zero map has no evidence anywhere: shares 0, no hit.
+    ``evidence_outside``, ``has_evidence``, ``peak_x``, ``peak_y``, ``pointing_hit``, ``peak_in_ring`` (and
+    ``evidence_in_gt``). An all-zero map has no evidence anywhere: shares 0, no hit, ``has_evidence`` False.
     """
     from .metrics import dilate
 
@@ -180,7 +183,8 @@ def mask_figures(maps: Tensor, masks: Tensor, *, ring_px: float = RING_PX, ring_
     for k in range(len(maps)):
         fig = {"area": int(area[k]), "ring_px": round(widths[k], 2),
                "evidence_inside": round(float(inside[k]), 4), "evidence_ring": round(float(in_ring[k]), 4),
-               "evidence_outside": round(float(outside[k]), 4), "peak_x": int(px[k]), "peak_y": int(py[k]),
+               "evidence_outside": round(float(outside[k]), 4), "has_evidence": bool(has[k]),
+               "peak_x": int(px[k]), "peak_y": int(py[k]),
                "pointing_hit": bool(hit[k]), "peak_in_ring": bool(near[k])}
         if in_gt is not None:
             fig["evidence_in_gt"] = round(float(in_gt[k]), 4)
@@ -191,6 +195,10 @@ def mask_figures(maps: Tensor, masks: Tensor, *, ring_px: float = RING_PX, ring_
 def _flags(row: dict[str, Any], thresholds: dict[str, float]) -> tuple[list[str], list[str], float]:
     """Flag codes, reasons in words and the score of one mask row."""
     flags, reasons = [], []
+    if not row.get("has_evidence", True):
+        flags.append("no_evidence")
+        reasons.append("empty map: no positive evidence at the explained layer, so nothing can be said about this "
+                       "mask; explain another layer (layers=..., dsxai layers MODEL lists them) or method")
     if row["evidence_outside"] >= thresholds["max_outside"]:
         where = "inside the mask" if row["pointing_hit"] else ("in the ring" if row["peak_in_ring"] else
                                                                "outside the mask and its ring")
@@ -427,20 +435,27 @@ def _load_adapter(model: Any, arch: str | None, device: str | None, options: dic
 def audit_layers(adapter: Any) -> list[str]:
     """The layers :func:`audit` explains by default: the deepest stage of an smp encoder (context is
     visible there; at the decoder a per-mask map lies inside the mask by construction), else the adapter's
-    ``default_layers``."""
+    ``default_layers``.
+
+    The deepest stage is the outermost encoder module that returns the encoder's last feature map (e.g.
+    ``encoder.layer4`` for ResNets, ``encoder.model.blocks.5`` for timm MobileNetV3). Picking the module
+    with the smallest output instead would pick a squeeze-excitation gate (``[B, C, 1, 1]``), whose maps
+    are empty.
+    """
     model = adapter.model
     encoder = getattr(model, "encoder", None)
     if getattr(adapter, "task", None) != "segment" or encoder is None or not hasattr(model, "decoder"):
         return list(adapter.default_layers)
-    fired: list[tuple[str, tuple[int, ...]]] = []  # (name, output shape) in the order modules finish
-    handles = []
+    fired: list[tuple[str, Tensor]] = []  # (name, output) in the order modules finish
+    features: list[Any] = []
+    handles = [encoder.register_forward_hook(lambda module, inputs, output: features.append(output))]
     for name, module in encoder.named_modules():
         if not name:
             continue
 
         def hook(module, inputs, output, name=name):
             if isinstance(output, Tensor) and output.ndim == 4:
-                fired.append((name, tuple(output.shape)))
+                fired.append((name, output))
         handles.append(module.register_forward_hook(hook))
     from .layers import preserved_state
 
@@ -451,12 +466,17 @@ def audit_layers(adapter: Any) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    if not fired:
+    output = features[0] if features else None
+    maps = [f for f in (output if isinstance(output, (list, tuple)) else [output])
+            if isinstance(f, Tensor) and f.ndim == 4]
+    if not maps or not fired:
         return list(adapter.default_layers)
-    smallest = min(s[-2] * s[-1] for _, s in fired)
-    # the last module to finish at the coarsest resolution is the outermost one: the deepest stage
-    deepest = [name for name, s in fired if s[-2] * s[-1] == smallest][-1]
-    return [f"encoder.{deepest}"]
+    deepest = maps[-1]
+    # the last module to finish with that very tensor is the outermost one (the stage, not its last op)
+    same = [name for name, out in fired if out is deepest]
+    if not same:  # the encoder copied it: fall back to the last module with its shape
+        same = [name for name, out in fired if out.shape == deepest.shape]
+    return [f"encoder.{same[-1]}"] if same else list(adapter.default_layers)
 
 
 # ----------------------------------------------------------------------------------------------- one image

@@ -250,7 +250,9 @@ class BaseCAM:
     def _explain_view(self, x: Tensor, targets: Callable | None):
         batch = x.shape[0]
         x_in = x.detach().clone().requires_grad_(self.needs_gradients)
-        with capture_outputs(self.layers) as captured, self._autocast(x):
+        # gradient-free methods record no graph: the forward costs what a plain inference forward costs
+        graph = contextlib.nullcontext() if self.needs_gradients else torch.no_grad()
+        with capture_outputs(self.layers) as captured, self._autocast(x), graph:
             output = self.model(x_in)
         sources = self._sources(captured)
         if targets is None:
@@ -262,6 +264,8 @@ class BaseCAM:
             return empty, [flat_scores.detach().float()[:0] for _ in counts], ragged
         low_res = self._low_res_maps(x, sources, output, targets, flat_scores, image_of, counts)
         fused = fuse_sources(low_res, tuple(size), self.fuse)
+        if self._class_agnostic:  # one map per image, upsampled once, then copied for each of its targets
+            fused = fused[image_of]
         maps = list(fused.split(counts))
         scores = list(flat_scores.detach().float().split(counts))
         return maps, scores, ragged
@@ -292,7 +296,7 @@ class BaseCAM:
         return sources
 
     def _default_target(self, output: Any, batch: int) -> Callable:
-        if not self.needs_gradients and not isinstance(self, _PerturbationMixin):
+        if self._class_agnostic:
             return lambda _: torch.zeros(batch, 1)  # one class-agnostic map per image
         logits = output[0] if isinstance(output, (tuple, list)) and output else output
         if isinstance(logits, Tensor) and logits.ndim == 2:
@@ -305,10 +309,14 @@ class BaseCAM:
     def _low_res_maps(self, x, sources, output, targets, flat_scores, image_of, counts) -> list[Tensor]:
         if isinstance(self, _PerturbationMixin):
             return self._perturbation_maps(x, sources, targets, flat_scores, counts)
-        if not self.needs_gradients:
-            per_image = [self.cam_from_activations(s.activations.detach().float()) for s in sources]
-            return [cams[image_of] for cams in per_image]
+        if self._class_agnostic:
+            return [self.cam_from_activations(s.activations.detach().float()) for s in sources]
         return self._gradient_maps(sources, flat_scores, image_of)
+
+    @property
+    def _class_agnostic(self) -> bool:
+        """Gradient-free, non-perturbation methods (EigenCAM): the map does not depend on the target."""
+        return not self.needs_gradients and not isinstance(self, _PerturbationMixin)
 
     def _gradient_maps(self, sources: list["_Source"], flat_scores: Tensor, image_of: Tensor) -> list[Tensor]:
         leaves = list({id(s.leaf): s.leaf for s in sources}.values())

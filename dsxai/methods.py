@@ -77,9 +77,9 @@ def first_component(features: Tensor, reference: Tensor, solver: str = "svd") ->
     ``[hw, C]`` matrix is found (all on the features' device):
 
     * ``"svd"`` (default, exact): ``torch.linalg.svd``.
-    * ``"gram"`` (fast path): top eigenvector of the ``[C, C]`` Gram matrix
-      (``torch.linalg.eigh``), in float64 on CPU and float32 elsewhere; it skips the
-      ``[hw, C]`` factorisation, which dominates when ``hw >> C``.
+    * ``"gram"`` (fast path): top eigenvector of the smaller Gram matrix, ``[C, C]``
+      or ``[hw, hw]`` (``torch.linalg.eigh``), in float64 on CPU and float32
+      elsewhere; it skips the ``[hw, C]`` factorisation.
     * ``"lowrank"`` (fast path): randomised subspace iteration as in
       ``torch.svd_lowrank`` (rank-6 sketch, 4 power iterations), seeded by its own
       generator, so repeated calls agree and the global RNG is left alone.
@@ -93,8 +93,19 @@ def first_component(features: Tensor, reference: Tensor, solver: str = "svd") ->
     n, c, h, w = features.shape
     flat = features.flatten(2).transpose(1, 2).float()  # [N, hw, C]
     flat = flat - flat.mean(1, keepdim=True)
-    projection = (flat @ _first_right_vector(flat, solver)[..., None])[..., 0]  # [N, hw]
+    if solver == "gram" and flat.shape[1] < flat.shape[2]:
+        projection = _first_projection_from_small_gram(flat)
+    else:
+        projection = (flat @ _first_right_vector(flat, solver)[..., None])[..., 0]  # [N, hw]
     return (projection * _sign(projection, reference.flatten(1).float())[:, None]).view(n, h, w)
+
+
+def _first_projection_from_small_gram(flat: Tensor) -> Tensor:
+    """``flat @ v`` (first right singular vector ``v``, sign arbitrary) from the ``[hw, hw]`` Gram matrix,
+    for ``hw < C``: it equals ``s * u`` with ``u`` its top eigenvector and ``s**2`` its top eigenvalue."""
+    wide = torch.float64 if flat.device.type == "cpu" else torch.float32
+    values, vectors = torch.linalg.eigh(flat.to(wide) @ flat.transpose(1, 2).to(wide))  # [N, hw, hw]
+    return (vectors[..., -1] * values[..., -1:].clamp_min(0).sqrt()).to(flat.dtype)
 
 
 def _first_right_vector(flat: Tensor, solver: str) -> Tensor:

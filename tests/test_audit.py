@@ -222,6 +222,19 @@ def test_mask_figures_known_values():
     maps[1, 15, 15] = 0.5
     g = mask_figures(maps, masks)[1]
     assert not g["pointing_hit"] and not g["peak_in_ring"] and abs(g["evidence_outside"] - 2 / 3) < 1e-3
+    assert f[0]["has_evidence"] and g["has_evidence"]
+
+
+def test_empty_map_is_flagged_not_passed():
+    from dsxai.audit import _flags
+
+    masks = torch.zeros(1, 40, 40, dtype=torch.bool)
+    masks[:, 10:20, 10:20] = True
+    (fig,) = mask_figures(torch.zeros(1, 40, 40), masks)
+    assert not fig["has_evidence"] and fig["evidence_outside"] == 0 and not fig["pointing_hit"]
+    row = {**fig, "confidence": 0.99, "iou_gt": None}
+    flags, reasons, score = _flags(row, {"max_outside": 0.5, "min_confidence": 0.6, "min_iou": 0.5})
+    assert flags == ["no_evidence"] and "another layer" in reasons[0] and score >= 1
 
 
 # ----------------------------------------------------------------------------------------------- report in a browser
@@ -363,3 +376,22 @@ def test_instance_segmenter(moved, tmp_path):
         assert r["area"] >= 20 and "low_confidence" in r["flags"]  # an untrained model is never confident
         assert abs(r["evidence_inside"] + r["evidence_ring"] + r["evidence_outside"] - 1) < 1e-3
     assert (tmp_path / "yolo" / "report.html").is_file()
+
+
+def test_audit_layers_pick_the_deepest_encoder_stage():
+    """Not the smallest module output: timm MobileNetV3's squeeze-excitation gates are [B, C, 1, 1]."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from dsxai import zoo
+    from dsxai.adapters.smp_segmentation import SMPAdapter
+
+    torch.manual_seed(0)
+    resnet = SMPAdapter(smp.Unet("resnet18", encoder_weights=None, classes=3))
+    assert audit_layers(resnet) == ["encoder.layer4"]
+    shallow = SMPAdapter(smp.Unet("resnet18", encoder_weights=None, classes=3, encoder_depth=3,
+                                  decoder_channels=(64, 32, 16)))
+    assert audit_layers(shallow) == ["encoder.layer2"]
+    mobilenet = SMPAdapter(zoo.build_shapes_unet().eval())
+    assert audit_layers(mobilenet) == ["encoder.model.blocks.5"]
+    _, maps = mobilenet.explain(np.full((64, 64, 3), 128, np.uint8), method="layercam",
+                                layers=audit_layers(mobilenet), targets="masks", per="class", background=None)
+    assert maps[0].shape[-2:] == (64, 64)

@@ -40,11 +40,12 @@ def test_eigencam_fast_solvers_match_full_svd(model, images, solver, layers):
 
 
 @pytest.mark.parametrize("solver", ["gram", "lowrank"])
-def test_first_component_fast_solvers_keep_the_sign(solver):
+@pytest.mark.parametrize("channels, side", [(48, 24), (300, 8)], ids=["hw>C", "hw<C"])  # gram: [C,C] / [hw,hw]
+def test_first_component_fast_solvers_keep_the_sign(solver, channels, side):
     torch.manual_seed(2)
     # a dominant spatial pattern shared by all channels plus noise: a well-separated first component
-    pattern = torch.randn(3, 1, 24, 24)
-    feats = torch.randn(3, 48, 24, 24) * 0.3 + torch.randn(3, 48, 1, 1) * pattern
+    pattern = torch.randn(3, 1, side, side)
+    feats = torch.randn(3, channels, side, side) * 0.3 + torch.randn(3, channels, 1, 1) * pattern
     exact = first_component(feats, feats.mean(1))
     fast = first_component(feats, feats.mean(1), solver)
     assert (fast - exact).abs().max() <= 1e-3 * exact.abs().max()

@@ -157,3 +157,39 @@ def test_unet_mask_maps_sit_on_their_mask(scenes, method):
             shares.append(float(heat[torch.from_numpy(near)].sum() / heat.sum().clamp_min(1e-12)))
             counted += 1
     assert np.mean(shares) > 0.5, f"{method}: {np.mean(shares):.2f} of the energy inside/next to the mask"
+
+
+# At the decoder (the test above) a per-mask map lies inside the mask by construction. At an encoder stage
+# it does not: the map shows how much of the mask's evidence the encoder found on the object rather than in
+# its context. Measured on the shipped U-Net, 4 scenes, 11 masks, share of the map within 4 px of the mask at
+# the stride-16 stage (encoder.model.blocks.3): LayerCAM 0.50 (re-initialised weights: 0.23), HiResCAM 0.44
+# (0.28); the dilated masks cover ~4% of the image. A Gaussian at the box centre would score 0.89: this
+# U-Net reads a lot of context (at the stride-32 stage LayerCAM keeps only 0.37), which is what the audit is for.
+@pytest.mark.parametrize("method", ["hirescam", "layercam"])
+def test_unet_encoder_maps_carry_mask_evidence(scenes, method):
+    pytest.importorskip("segmentation_models_pytorch")
+    import cv2
+
+    from dsxai.adapters.smp_segmentation import SMPAdapter
+
+    _weights("shapes_unet.pt")
+    adapter = SMPAdapter(zoo.load_shapes_unet(), mean=zoo.UNET_MEAN, std=zoo.UNET_STD)
+    layers = ["encoder.model.blocks.3"]
+    noise = randomised(adapter.model)
+    trained_share, random_share, area_share = [], [], []
+    for scene in scenes[:4]:
+        batch = adapter.preprocess(scene.image)
+        target = adapter.mask_target(batch)
+        with torch.no_grad():
+            target(adapter.model(batch.tensor))  # masks decoded by the trained model, for both
+        maps = get_method(method)(adapter.model, layers)(batch.tensor, target)[0]
+        noise_maps = get_method(method)(noise, layers)(batch.tensor, target)[0]
+        for k, mask in enumerate(target.detections[0].masks.numpy()):
+            near = torch.from_numpy(cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool))
+            trained_share.append(float(maps[k][near].sum() / maps[k].sum().clamp_min(1e-12)))
+            random_share.append(float(noise_maps[k][near].sum() / noise_maps[k].sum().clamp_min(1e-12)))
+            area_share.append(float(near.float().mean()))
+    assert len(trained_share) >= 8
+    trained, random, chance = np.mean(trained_share), np.mean(random_share), np.mean(area_share)
+    assert trained > 4 * chance, f"{method}: {trained:.2f} near the mask, chance {chance:.2f}"
+    assert trained > random + 0.12, f"{method}: {trained:.2f} near the mask vs {random:.2f} with random weights"

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FILENAME = "shapes_unet.pt"
 DEFAULTS = dict(steps=1400, batch=16, lr=4e-3, weight_decay=1e-4, warmup=140, crop=None, image_size=128,
-                presence_weight=1.0)
+                presence_weight=1.0, finetune_steps=500, finetune_lr=1e-3)
 
 
 def _augment(x, y, rng, crop: int | None = None):
@@ -59,13 +59,17 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
           weight_decay: float = DEFAULTS["weight_decay"], warmup: int = DEFAULTS["warmup"], seed: int = 0,
           threads: int = 2, image_size: int = DEFAULTS["image_size"], log_every: int = 25,
           data_seed: int | None = None, crop: int | None = DEFAULTS["crop"],
-          presence_weight: float = DEFAULTS["presence_weight"]):
+          presence_weight: float = DEFAULTS["presence_weight"], finetune_steps: int = DEFAULTS["finetune_steps"],
+          finetune_lr: float = DEFAULTS["finetune_lr"]):
     """Train and return the model (train mode, without the presence head). Deterministic for fixed arguments
     and thread count.
 
     Training uses ``image_size`` px scenes, optionally random ``crop`` x ``crop`` patches of them (``None``:
     whole scenes); the fully convolutional model is then applied to whole 256 px scenes. Learning rate: linear
-    warm-up from ``lr / 10`` over ``warmup`` steps, then cosine decay to ``lr / 1000``.
+    warm-up from ``lr / 10`` over ``warmup`` steps, then cosine decay to ``lr / 1000``; then a warm restart:
+    ``finetune_steps`` more steps (on new scenes) with cosine decay from ``finetune_lr`` to ``finetune_lr / 1000``.
+    The restart is worth it: 1400 steps alone reach held-out mIoU ~0.905 (objects ~0.88); the restart lifts
+    the object classes above 0.9.
     """
     import numpy as np
     import torch
@@ -83,15 +87,21 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
                              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
 
+    def cosine(peak: float, i: int, n: int) -> float:
+        return peak * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * i / max(n, 1))))
+
     def lr_at(i: int) -> float:
         if i < warmup:
             return lr * (0.1 + 0.9 * i / warmup)
-        return lr * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(steps - warmup, 1))))
+        if i < steps:
+            return cosine(lr, i - warmup, steps - warmup)
+        return cosine(finetune_lr, i - steps, finetune_steps)
 
     data_seed = TRAIN_SEED if data_seed is None else data_seed
     t0 = time.time()
     running = None
-    for step in range(steps):
+    total = steps + finetune_steps
+    for step in range(total):
         scenes = shapes.make_scenes(batch, data_seed, start=step * batch, size=image_size)
         x = unet_preprocess(np.stack([s.image for s in scenes]))
         y = torch.from_numpy(np.stack([s.semantic for s in scenes]).astype(np.int64))
@@ -110,8 +120,8 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
         loss.backward()
         opt.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:4d}/{steps} loss={running:.3f} lr={lr_at(step):.2e} {time.time() - t0:.0f}s",
+        if log_every and (step % log_every == 0 or step == total - 1):
+            print(f"step {step:4d}/{total} loss={running:.3f} lr={lr_at(step):.2e} {time.time() - t0:.0f}s",
                   flush=True)
     model.classification_head = None  # training-only head; the shipped model outputs masks only
     return model
@@ -140,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--finetune-steps", type=int, default=DEFAULTS["finetune_steps"],
+                   help="steps of the warm restart after the main schedule (0: none)")
+    p.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"])
     p.add_argument("--crop", type=int, default=DEFAULTS["crop"] or 0,
                    help="training patch size (0 = whole scenes)")
     p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"], help="training scene size")
@@ -152,15 +165,16 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     model = train(a.steps, a.batch, a.lr, seed=a.seed, threads=a.threads, crop=a.crop or None,
-                  image_size=a.image_size)
+                  image_size=a.image_size, finetune_steps=a.finetune_steps, finetune_lr=a.finetune_lr)
     dt = time.time() - t0
     a.out.mkdir(parents=True, exist_ok=True)
     dst = a.out / FILENAME
-    save_state_dict_fp16(model, dst, meta={"steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
+    save_state_dict_fp16(model, dst, meta={"steps": a.steps, "finetune_steps": a.finetune_steps,
+                                           "finetune_lr": a.finetune_lr, "batch": a.batch, "lr": a.lr, "seed": a.seed,
                                            "crop": a.crop, "image_size": a.image_size,
                                            "threads": a.threads,
                                            "train_seconds": round(dt, 1)})
-    print(f"trained {a.steps} steps in {dt:.0f}s; saved {dst} ({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
+    print(f"trained {a.steps}+{a.finetune_steps} steps in {dt:.0f}s; saved {dst} ({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
     if a.eval:
         from dsxai import shapes
         from dsxai.zoo import load_shapes_unet
