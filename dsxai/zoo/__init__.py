@@ -27,6 +27,11 @@ evaluation (tests) uses ``TEST_SEED`` -- disjoint seed streams. Retrain with::
     python -m dsxai.zoo.train_yolo --out dsxai/zoo/weights          # YOLOv8 + YOLOv8-seg
     python -m dsxai.zoo.train_fasterrcnn --out dsxai/zoo/weights
     python -m dsxai.zoo.train_unet --out dsxai/zoo/weights
+
+Each command reproduces its shipped checkpoint (seeded; same thread count -> same weights: the Faster R-CNN
+retrained on 2 threads is tensor-for-tensor equal to the shipped one). Wall time on 2 quiet CPU cores: YOLOv8
+196 s, YOLOv8-seg 272 s (started from the detector), Faster R-CNN 224 s, U-Net 757 s (1900 steps; shorter
+schedules of this recipe fall short: 1400 steps mIoU 0.905 / objects 0.883, 760 steps 0.47 / 0.34).
 """
 from __future__ import annotations
 
