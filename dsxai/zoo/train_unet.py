@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval", type=int, default=0, help="evaluate on this many held-out scenes (TEST_SEED)")
     a = p.parse_args(argv)
+    if a.steps < 1 or a.finetune_steps < 0:
+        p.error(f"--steps must be >= 1 and --finetune-steps >= 0, got {a.steps} and {a.finetune_steps}")
 
     from dsxai.zoo import TEST_SEED, save_state_dict_fp16
 
