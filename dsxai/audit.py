@@ -37,9 +37,9 @@ truth) and a missed pointing game (0.1). Any flagged mask ranks above every unfl
 
 Layers: smp models are explained at the deepest stage of their encoder (:func:`audit_layers`: e.g.
 ``encoder.layer4`` of a ResNet encoder, ``encoder.model.blocks.5`` (stride 32) of the shipped shapes U-Net,
-``encoder.layer2`` of the depth-3 cue-world U-Net), not at the adapter's default ``decoder``: a per-mask map at the decoder output lies inside
-the mask by construction (the segmentation head is a 3x3 convolution), so it cannot show context. Other
-models use their adapter's default layers; ``layers=`` overrides both.
+``encoder.layer2`` of the depth-3 cue-world U-Net), not at the adapter's default ``decoder``: a per-mask map
+at the decoder output lies inside the mask by construction (the segmentation head is a 3x3 convolution), so
+it cannot show context. Other models use their adapter's default layers; ``layers=`` overrides both.
 
 With ``out``, the audit writes there ``audit.jsonl`` (a journal: one JSON line per image, appended as soon
 as the image is done; ``resume=True`` skips the images it already holds), ``audit.json``, ``audit.csv``
@@ -64,6 +64,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from .journal import append_json_line, read_json_lines
 
 __all__ = [
     "audit", "AuditResult", "mask_figures", "audit_layers", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",
@@ -558,28 +560,9 @@ def _thumbnail(image: np.ndarray, detections: Any, maps: Tensor, k: int, ring_px
 
 def _read_journal(path: Path) -> tuple[dict | None, list[dict]]:
     """The settings line and the image records of a journal (a torn last line is ignored)."""
-    settings, records = None, []
-    if not path.is_file():
-        return None, []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if item.get("kind") == "settings":
-            settings = item
-        elif item.get("kind") == "image":
-            records.append(item)
-    return settings, records
-
-
-def _append(path: Path, item: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(item) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    items = read_json_lines(path)
+    settings = ([None] + [item for item in items if item.get("kind") == "settings"])[-1]
+    return settings, [item for item in items if item.get("kind") == "image"]
 
 
 _SAME_SETTINGS = ("model", "method", "layers", "targets", "ring_px", "ring_frac", "min_area", "classes",
@@ -810,7 +793,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
                 say(f"error: {name}: {exc} (skipped)")
             records.append(record)
             if journal is not None:
-                _append(journal, record)
+                append_json_line(journal, record)
             if bar is not None:
                 bar.update(1)
     finally:

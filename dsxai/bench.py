@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from . import metrics as M
 from .detections import Detections
+from .journal import read_json_lines
 from .metrics import BASELINES, baseline_maps
 
 __all__ = [
@@ -382,19 +383,8 @@ class _Config:
 
 
 def _journal_records(path: Path) -> dict[int, dict[str, Any]]:
-    records: dict[int, dict[str, Any]] = {}
-    if not path.is_file():
-        return records
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: that image runs again
-        if "image_id" in rec:
-            records[int(rec["image_id"])] = rec
-    return records
+    """Image id -> its latest record; a line cut by a kill is skipped, so that image runs again."""
+    return {int(rec["image_id"]): rec for rec in read_json_lines(path) if "image_id" in rec}
 
 
 def _process_image(adapter: Any, gt: CocoGroundTruth, image_id: int, class_to_cat: dict[int, int],

@@ -1,0 +1,12 @@
+"""The JSON-lines journal that makes bench and audit runs resumable."""
+from dsxai.journal import append_json_line, read_json_lines
+
+
+def test_journal_round_trip_skips_a_torn_line(tmp_path):
+    path = tmp_path / "run.jsonl"
+    assert read_json_lines(path) == []  # no journal yet
+    append_json_line(path, {"image_id": 1, "status": "ok"})
+    append_json_line(path, {"image_id": 2, "status": "error"})
+    with open(path, "a") as f:
+        f.write('{"image_id": 3, "sta')  # the run was killed mid-write
+    assert read_json_lines(path) == [{"image_id": 1, "status": "ok"}, {"image_id": 2, "status": "error"}]
