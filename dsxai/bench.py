@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from . import metrics as M
 from .detections import Detections
-from .journal import read_json_lines
+from .journal import append_json_line, read_json_lines
 from .metrics import BASELINES, baseline_maps
 
 __all__ = [
@@ -551,19 +551,17 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     log.info("benchmark: %d images (%d already done), methods %s", len(image_ids), len(image_ids) - len(todo),
              methods)
     bar = _progress(len(todo), progress)
-    with journal.open("a") as fh:
-        for image_id in todo:
-            try:
-                rec = _process_image(adapter, gt, image_id, class_to_cat, category_ids, cfg, explain_model)
-            except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                rec = {"image_id": image_id, "file_name": gt.coco.imgs[image_id].get("file_name"),
-                       "status": "error", "error": f"{type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc(limit=4)}
-                log.warning("image %s failed: %s", image_id, rec["error"])
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            done[image_id] = rec
-            bar.update(1)
+    for image_id in todo:
+        try:
+            rec = _process_image(adapter, gt, image_id, class_to_cat, category_ids, cfg, explain_model)
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            rec = {"image_id": image_id, "file_name": gt.coco.imgs[image_id].get("file_name"),
+                   "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc(limit=4)}
+            log.warning("image %s failed: %s", image_id, rec["error"])
+        append_json_line(journal, rec)
+        done[image_id] = rec
+        bar.update(1)
     bar.close()
     records = [done[i] for i in image_ids if i in done]
     results = _aggregate(records, cfg, seed)

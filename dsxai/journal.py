@@ -29,8 +29,18 @@ def read_json_lines(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def append_json_line(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one record and make it durable before returning (a crash keeps every finished item)."""
+    """Append one record and make it durable before returning (a crash keeps every finished item).
+
+    After a line cut short by a kill the record starts on a new line, so it is not glued to the torn one
+    and lost with it.
+    """
+    path = Path(path)
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -10,3 +10,5 @@ def test_journal_round_trip_skips_a_torn_line(tmp_path):
     with open(path, "a") as f:
         f.write('{"image_id": 3, "sta')  # the run was killed mid-write
     assert read_json_lines(path) == [{"image_id": 1, "status": "ok"}, {"image_id": 2, "status": "error"}]
+    append_json_line(path, {"image_id": 3, "status": "ok"})  # the resumed run: not glued to the torn line
+    assert [r["image_id"] for r in read_json_lines(path)] == [1, 2, 3]
