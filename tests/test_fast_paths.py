@@ -1,7 +1,7 @@
 """The opt-in fast paths agree with the exact ones.
 
-* EigenCAM ``solver="gram"`` / ``"lowrank"`` vs the full SVD (default): normalised maps within 1e-4
-  on a real network's activations, with the same (deterministic) sign.
+* EigenCAM's default ``solver="gram"`` and ``"lowrank"`` vs the full SVD (``solver="svd"``): normalised maps
+  within 1e-4 on a real network's activations, with the same (deterministic) sign.
 * ``autocast=`` (reduced-precision forward, float32 CAM math) vs float32 on CPU, normalised maps of a
   random-init ResNet-18: at the last stage fp16 within 1e-2 max abs, bf16 within 2e-2 max / 5e-3 mean
   (bf16 keeps 8 mantissa bits); at earlier layers the gradients cross more reduced-precision ops and
@@ -29,11 +29,12 @@ def images():
     return torch.rand(2, 3, 96, 96) * 2 - 1
 
 
-@pytest.mark.parametrize("solver", ["gram", "lowrank"])
+@pytest.mark.parametrize("solver", [None, "gram", "lowrank"], ids=["default", "gram", "lowrank"])
 @pytest.mark.parametrize("layers", [["layer3"], ["layer2", "layer4"]], ids=["one-layer", "two-layers"])
 def test_eigencam_fast_solvers_match_full_svd(model, images, solver, layers):
-    exact = dsxai.EigenCAM(model, layers)(images)
-    fast = dsxai.EigenCAM(model, layers, solver=solver)(images)
+    exact = dsxai.EigenCAM(model, layers, solver="svd")(images)
+    options = {} if solver is None else {"solver": solver}
+    fast = dsxai.EigenCAM(model, layers, **options)(images)
     assert fast.shape == exact.shape == (2, 1, 96, 96)
     assert exact.std() > 0.05
     assert (fast - exact).abs().max() <= 1e-4
@@ -46,7 +47,7 @@ def test_first_component_fast_solvers_keep_the_sign(solver, channels, side):
     # a dominant spatial pattern shared by all channels plus noise: a well-separated first component
     pattern = torch.randn(3, 1, side, side)
     feats = torch.randn(3, channels, side, side) * 0.3 + torch.randn(3, channels, 1, 1) * pattern
-    exact = first_component(feats, feats.mean(1))
+    exact = first_component(feats, feats.mean(1), "svd")
     fast = first_component(feats, feats.mean(1), solver)
     assert (fast - exact).abs().max() <= 1e-3 * exact.abs().max()
     # the sign rule is applied after any solver: negated features (and reference) give the negated map ...
