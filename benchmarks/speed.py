@@ -24,7 +24,8 @@ What is compared (same layers on both sides; see LAYERS):
 * CUDA only: peak GPU memory of each dsxai call and of the floor, and a 100-target run (chunk_size 32) against
   the single backward's peak.
 
-Times are medians of ``--repeats`` runs after one warm-up, with ``torch.cuda.synchronize()`` on CUDA.
+Times are medians of ``--repeats`` runs (more for calls under ``--min-seconds / repeats``: at least 1 s of runs)
+after one warm-up, with ``torch.cuda.synchronize()`` on CUDA.
 Prints a table and writes ``benchmarks/results/speed-<device>.json`` (``--quick``: ``speed-<device>-quick.json``).
 
     python benchmarks/speed.py [--device cuda] [--models fasterrcnn,yolov8n,unet] [--methods gradcam,eigencam]
@@ -56,8 +57,9 @@ from dsxai.layers import tensor_leaves
 ROOT = Path(__file__).resolve().parent
 GRADIENT_METHODS = ["gradcam", "hirescam", "layercam", "gradcam++"]
 METHODS = GRADIENT_METHODS + ["eigencam", "scorecam", "ablationcam"]
-# opt-in fast paths of the core, timed against our exact path (no reference): METHOD:VARIANT
-FAST_PATHS = {"eigencam:gram": {"solver": "gram"}, "eigencam:lowrank": {"solver": "lowrank"},
+# options of the core, timed against our default path (no reference): METHOD:VARIANT. eigencam:svd is the
+# reference factorisation behind EigenCAM's default Gram solver (its max diff shows they agree)
+FAST_PATHS = {"eigencam:svd": {"solver": "svd"}, "eigencam:lowrank": {"solver": "lowrank"},
               "gradcam:bf16": {"autocast": "bf16"}, "gradcam:fp16": {"autocast": "fp16"}}
 MODELS = ["fasterrcnn", "yolov8n", "unet"]
 SIZES = {"cuda": {"fasterrcnn": 800, "yolov8n": 640, "unet": 512},
@@ -90,18 +92,37 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (seconds)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+MIN_SECONDS = 1.0  # --min-seconds
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1,
+          min_seconds: float | None = None) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (seconds).
+
+    Calls faster than ``min_seconds / repeats`` run more often, until ``min_seconds`` of runs (at most 200): a
+    median of 5 runs of a 40 ms call swings by 10-20% on a shared CPU."""
+    return timed_together([fn], device, repeats, warmup, min_seconds)[0]
+
+
+def timed_together(fns: list[Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1,
+                   min_seconds: float | None = None, max_runs: int = 200) -> list[float]:
+    """Median wall times of several calls timed in turn (a, b, a, b, ...), in seconds (see :func:`timed`).
+
+    A ratio of two such medians holds while the machine's speed drifts (other load, clocks), which timings taken
+    a minute apart fold into it: a method's cost as a multiple of a forward is measured this way."""
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    while len(times[0]) < max(1, repeats) or (sum(map(sum, times)) < min_seconds and len(times[0]) < max_runs):
+        for fn, spent in zip(fns, times):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> float | None:
@@ -371,8 +392,9 @@ def measure_method(case: Case, method: str, n: int, args, device: torch.device, 
     level = engine_log.level
     engine_log.addHandler(notes)
     engine_log.setLevel(logging.INFO)
-    try:
-        row["dsxai_s"] = timed(ours, device, args.repeats)
+    floor_fn = (backward_floor(case, layers, n) if family == "gradient" else forward_floor(case))
+    try:  # ours and its floor in turn: their ratio is immune to the machine's drift
+        row["dsxai_s"], row["floor_s"] = timed_together([ours, floor_fn], device, args.repeats)
     finally:
         engine_log.removeHandler(notes)
         engine_log.setLevel(level)
@@ -392,17 +414,14 @@ def measure_method(case: Case, method: str, n: int, args, device: torch.device, 
             out.setdefault("forward_backward_peak_mib", {})[key] = peak_memory(backward_floor(case, layers, n),
                                                                              device)
         row["floor"] = "forward+backward"
-        row["dsxai_over_floor"] = row["dsxai_s"] / floors[key]
-    elif family == "eigen":
-        row["floor"] = "forward"
-        row["dsxai_over_floor"] = row["dsxai_s"] / out["forward_s"]
     else:
+        row["floor"] = "forward"
+    if family == "perturb":
         channels = _channels(case, layers[0])
         row["channels"] = channels
         row["masked_forwards_per_call"] = math.ceil(channels / args.perturb_batch)
         row["masked_images_per_forward"] = args.perturb_batch
-        row["floor"] = "forward"
-        row["dsxai_over_floor"] = row["dsxai_s"] / out["forward_s"]
+    row["dsxai_over_floor"] = row["dsxai_s"] / row["floor_s"]
     if not args.skip_reference:
         timed_targets = n
         if family == "perturb" and args.ref_perturb_targets:
@@ -427,30 +446,23 @@ def measure_method(case: Case, method: str, n: int, args, device: torch.device, 
 
 def fast_path(case: Case, method: str, base: str, n: int, args, device: torch.device, out: dict,
               exact_maps: dict[str, Tensor]) -> dict:
-    """A fast path (EigenCAM solver, autocast) against our exact path: time and max abs map difference."""
+    """An option of the core (EigenCAM solver, autocast) against our default path: time and max abs map
+    difference. The option, the default and the floor are timed in turn, so their ratios share one moment."""
     family = "eigen" if base == "eigencam" else "gradient"
     layers = LAYERS[case.name][family]
     ours, _ = ours_call(case, base, layers, n, dict(FAST_PATHS[method]))
-    row: dict[str, Any] = {"layers": layers, "options": FAST_PATHS[method], "dsxai_s": timed(ours, device,
-                                                                                              args.repeats)}
+    exact, _ = ours_call(case, base, layers, n, {})
+    floor_fn = forward_floor(case) if family == "eigen" else backward_floor(case, layers, n)
+    row: dict[str, Any] = {"layers": layers, "options": FAST_PATHS[method]}
+    row["dsxai_s"], row["exact_s"], row["floor_s"] = timed_together([ours, exact, floor_fn], device, args.repeats)
     result = ours()
     row["dsxai_peak_mib"] = peak_memory(ours, device)
     if base not in exact_maps:
-        exact, _ = ours_call(case, base, layers, n, {})
         exact_maps[base] = exact().maps[0]
-        row["exact_s"] = timed(exact, device, args.repeats)
     row["max_abs_diff_vs_exact"] = float((result.maps[0] - exact_maps[base]).abs().max())
-    if family == "eigen":
-        row["floor"], row["dsxai_over_floor"] = "forward", row["dsxai_s"] / out["forward_s"]
-    else:
-        floor = out.get("forward_backward_s", {}).get(",".join(layers))
-        if floor is None:
-            floor = timed(backward_floor(case, layers, n), device, args.repeats)
-            out.setdefault("forward_backward_s", {})[",".join(layers)] = floor
-        row["floor"], row["dsxai_over_floor"] = "forward+backward", row["dsxai_s"] / floor
-    exact_s = row.get("exact_s") or out["methods"].get(base, {}).get("dsxai_s")
-    if exact_s:
-        row["speedup_vs_exact"] = exact_s / row["dsxai_s"]
+    row["floor"] = "forward" if family == "eigen" else "forward+backward"
+    row["dsxai_over_floor"] = row["dsxai_s"] / row["floor_s"]
+    row["speedup_vs_exact"] = row["exact_s"] / row["dsxai_s"]
     print(f"  {case.name:10s} {method:16s} dsxai {row['dsxai_s'] * 1e3:9.1f} ms  max |diff| vs exact "
           f"{row['max_abs_diff_vs_exact']:.2e}", file=sys.stderr, flush=True)
     return row
@@ -562,6 +574,7 @@ def merge_results(old: dict, new: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MIN_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -584,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny inputs, 3 targets, 1 repeat, small chunked run")
+    parser.add_argument("--min-seconds", type=float, default=1.0,
+                        help="fast calls run more than --repeats times, until this many seconds of runs (at most "
+                             "200 runs; --quick: 0)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     parser.add_argument("--update", action="store_true",
                         help="merge into the JSON already at the output path: re-measured methods replace the old "
@@ -605,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         if key not in MODELS or not value.isdigit():
             parser.error(f"--size takes MODEL=PX with MODEL in {MODELS}, got {item!r}")
         sizes[key] = int(value)
+    MIN_SECONDS = 0.0 if args.quick else args.min_seconds
     if args.quick:
         args.repeats, args.targets = 1, min(args.targets, 3)
         args.perturb_batch = min(args.perturb_batch, 32)
@@ -619,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else
         (platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-        "repeats": args.repeats, "targets": args.targets, "perturb_batch": args.perturb_batch,
+        "repeats": args.repeats, "min_seconds": MIN_SECONDS, "targets": args.targets,
+        "perturb_batch": args.perturb_batch,
         "quick": args.quick, "models": [],
     }
     try:
