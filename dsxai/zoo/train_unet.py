@@ -83,6 +83,7 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     rng = np.random.default_rng(seed)
     model = build_shapes_unet(presence_head=presence_weight > 0)
     model.train()
+    model = model.to(memory_format=torch.channels_last)  # oneDNN's faster layout on CPU
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
                              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
@@ -106,6 +107,7 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
         x = unet_preprocess(np.stack([s.image for s in scenes]))
         y = torch.from_numpy(np.stack([s.semantic for s in scenes]).astype(np.int64))
         x, y = _augment(x, y, rng, crop)
+        x = x.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out = model(x)
@@ -124,7 +126,7 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
             print(f"step {step:4d}/{total} loss={running:.3f} lr={lr_at(step):.2e} {time.time() - t0:.0f}s",
                   flush=True)
     model.classification_head = None  # training-only head; the shipped model outputs masks only
-    return model
+    return model.to(memory_format=torch.contiguous_format)
 
 
 def evaluate(model, scenes, batch: int = 8) -> dict:
