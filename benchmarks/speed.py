@@ -361,11 +361,10 @@ def bench_model(case: Case, methods: list[str], args, device: torch.device) -> d
     n = args.targets
     out: dict[str, Any] = {"model": case.name, **case.info, "targets": n, "methods": {}}
     out["forward_s"] = timed(forward_floor(case), device, args.repeats)
-    floors: dict[str, float] = {}
     exact_maps: dict[str, Tensor] = {}
     for method in methods:
         try:
-            measure_method(case, method, n, args, device, out, floors, exact_maps)
+            measure_method(case, method, n, args, device, out, exact_maps)
         except Exception as exc:  # one failing method must not lose the others' figures
             out["methods"][method] = {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
             print(f"  {case.name:10s} {method:12s} FAILED: {out['methods'][method]['error']}", file=sys.stderr,
@@ -376,11 +375,11 @@ def bench_model(case: Case, methods: list[str], args, device: torch.device) -> d
 
 
 def measure_method(case: Case, method: str, n: int, args, device: torch.device, out: dict,
-                   floors: dict[str, float], exact_maps: dict[str, Tensor]) -> None:
+                   exact_maps: dict[str, Tensor]) -> None:
     """Time one method (or fast path) on ``case`` into ``out["methods"][method]``."""
     base, _, variant = method.partition(":")
     if variant:
-        out["methods"][method] = fast_path(case, method, base, n, args, device, out, exact_maps)
+        out["methods"][method] = fast_path(case, method, base, n, args, device, exact_maps)
         return
     family = "eigen" if method == "eigencam" else "perturb" if method in ("scorecam", "ablationcam") else "gradient"
     layers = LAYERS[case.name][family]
@@ -408,9 +407,8 @@ def measure_method(case: Case, method: str, n: int, args, device: torch.device, 
     row["dsxai_peak_mib"] = peak_memory(ours, device)
     if family == "gradient":
         key = ",".join(layers)
-        if key not in floors:
-            floors[key] = timed(backward_floor(case, layers, n), device, args.repeats)
-            out.setdefault("forward_backward_s", {})[key] = floors[key]
+        if key not in out.setdefault("forward_backward_s", {}):  # the per-model summary: the first row's floor
+            out["forward_backward_s"][key] = row["floor_s"]
             out.setdefault("forward_backward_peak_mib", {})[key] = peak_memory(backward_floor(case, layers, n),
                                                                              device)
         row["floor"] = "forward+backward"
@@ -444,7 +442,7 @@ def measure_method(case: Case, method: str, n: int, args, device: torch.device, 
           file=sys.stderr, flush=True)
 
 
-def fast_path(case: Case, method: str, base: str, n: int, args, device: torch.device, out: dict,
+def fast_path(case: Case, method: str, base: str, n: int, args, device: torch.device,
               exact_maps: dict[str, Tensor]) -> dict:
     """An option of the core (EigenCAM solver, autocast) against our default path: time and max abs map
     difference. The option, the default and the floor are timed in turn, so their ratios share one moment."""
@@ -621,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         if key not in MODELS or not value.isdigit():
             parser.error(f"--size takes MODEL=PX with MODEL in {MODELS}, got {item!r}")
         sizes[key] = int(value)
+    if args.min_seconds < 0:
+        parser.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
     MIN_SECONDS = 0.0 if args.quick else args.min_seconds
     if args.quick:
         args.repeats, args.targets = 1, min(args.targets, 3)

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.boxes <= 16:
         parser.error(f"--boxes must be 1-16 (Ultralytics explains at most 16 predictions), got {args.boxes}")
+    if args.imgsz < 32 or args.repeats < 1:
+        parser.error(f"--imgsz must be >= 32 and --repeats >= 1, got {args.imgsz} and {args.repeats}")
+    if not args.weights.endswith((".yaml", ".yml")) and not Path(args.weights).is_file():
+        parser.error(f"--weights {args.weights} not found: pass an Ultralytics .pt checkpoint or a model .yaml")
 
     import ultralytics
     from ultralytics import YOLO
