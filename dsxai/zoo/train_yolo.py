@@ -36,7 +36,7 @@ HYP = dict(optimizer="AdamW", lr0=0.003, lrf=0.05, cos_lr=False, warmup_epochs=0
            val=True)
 DEFAULTS = {
     "detect": dict(n_train=800, n_val=64, epochs=8),
-    "segment": dict(n_train=800, n_val=64, epochs=4),  # initialised from the trained detector (see --init)
+    "segment": dict(n_train=800, n_val=64, epochs=3),  # initialised from the trained detector (see --init)
 }
 
 
