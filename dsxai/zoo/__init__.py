@@ -29,12 +29,12 @@ evaluation (tests) uses ``TEST_SEED`` -- disjoint seed streams. Retrain with::
     python -m dsxai.zoo.train_unet --out dsxai/zoo/weights
 
 Each command reproduces its shipped checkpoint (seeded; same thread count -> same weights: the Faster R-CNN
-retrained on 2 threads is tensor-for-tensor equal to the shipped one). Wall time on 2 quiet CPU cores: YOLOv8
-196 s, YOLOv8-seg 143-157 s (3 epochs from the detector, also tensor-for-tensor reproducible; held-out box
-mAP50 0.946, mask 0.932), Faster R-CNN
-224 s (500 steps; 400 steps take ~180 s and still reach mAP50 0.93, but their per-box HiResCAM and LayerCAM maps
-peak inside their own box for fewer than 90% of detections, so the known-answer tests fail), U-Net 592 s (1900
-steps; shorter schedules of this recipe fall short: 1400 steps mIoU 0.905 / objects 0.883, 760 steps 0.47 / 0.34).
+retrained on 2 threads is tensor-for-tensor equal to the shipped one). Wall time on 2 quiet CPU cores:
+YOLOv8 196 s, YOLOv8-seg 143-157 s (3 epochs from the detector, also tensor-for-tensor reproducible; held-out box mAP50
+0.946, mask 0.932), Faster R-CNN 224 s (500 steps; 400 steps take ~180 s and still reach mAP50 0.93, but their
+per-box HiResCAM and LayerCAM maps peak inside their own box for fewer than 90% of detections, so the
+known-answer tests fail), U-Net 592 s (1900 steps; shorter schedules of this recipe fall short: 1400 steps mIoU
+0.905 / objects 0.883, 760 steps 0.47 / 0.34).
 """
 from __future__ import annotations
 
