@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "(default: 100)")
     parser.add_argument("--conf", type=float, default=None, help="score threshold of instance segmenters")
     parser.add_argument("--ring-px", type=float, default=RING_PX, help="minimum ring width in pixels "
-                        f"(default: {RING_PX:g})")
+                        f"(default: {RING_PX:g}); the ring is also at least one cell of the explained layer wide")
     parser.add_argument("--ring-frac", type=float, default=RING_FRAC, help="ring width as a fraction of "
                         f"sqrt(mask area) when wider (default: {RING_FRAC:g})")
     parser.add_argument("--max-outside", type=float, default=MAX_OUTSIDE, help="flag when this share of the "
