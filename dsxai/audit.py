@@ -519,7 +519,7 @@ def layer_stride(adapter: Any, layers: Sequence[str], probe: int = 256) -> float
 
 def _image_rows(adapter: Any, image: np.ndarray, truth: _Truth | None, *, method: str, layers: list[str],
                 targets: str, target_options: dict[str, Any], min_area: float, ring_px: float, ring_frac: float,
-                stride: float, thresholds: dict[str, float]) -> tuple[list[dict[str, Any]], Any, Tensor]:
+                cell_px: float, thresholds: dict[str, float]) -> tuple[list[dict[str, Any]], Any, Tensor]:
     dets, maps = adapter.explain([image], method=method, layers=layers, targets=targets, **target_options)
     if dets is None:
         raise ValueError(f"{type(adapter).__name__} gave no masks to audit")
@@ -536,9 +536,6 @@ def _image_rows(adapter: Any, image: np.ndarray, truth: _Truth | None, *, method
     gt_figs, gt_regions = (None, None)
     if truth is not None:
         gt_figs, gt_regions = _gt_figures(masks, d.labels, truth, names)
-    cell_px = 0.0
-    if stride:  # network pixels -> original pixels of this image (letterbox or resize)
-        cell_px = stride / min(adapter.preprocess([image]).geometries[0].scale)
     figs = mask_figures(m, masks, ring_px=ring_px, ring_frac=ring_frac, cell_px=cell_px, gt_regions=gt_regions)
     rows = []
     for k, fig in enumerate(figs):
@@ -601,8 +598,8 @@ def _read_journal(path: Path) -> tuple[dict | None, list[dict]]:
     return settings, [item for item in items if item.get("kind") == "image"]
 
 
-_SAME_SETTINGS = ("format", "model", "method", "layers", "targets", "ring_px", "ring_frac", "min_area", "classes",
-                  "thresholds", "ground_truth")
+_SAME_SETTINGS = ("format", "model", "method", "layers", "targets", "ring_px", "ring_frac", "min_area",
+                  "classes", "thresholds", "ground_truth")
 
 
 # ----------------------------------------------------------------------------------------------- audit()
@@ -689,6 +686,14 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
     used_layers = list(layers) if layers else audit_layers(adapter)
     resolve_layers(adapter.model, used_layers)
     stride = layer_stride(adapter, used_layers)
+    cells: dict[tuple[int, int], float] = {}
+
+    def cell_size(size: tuple[int, int]) -> float:
+        """One cell of the explained layer in original pixels of an image of ``size`` (letterbox, resize)."""
+        if size not in cells:
+            blank = np.zeros((*size, 3), np.uint8)
+            cells[size] = stride / min(adapter.preprocess(blank).geometries[0].scale) if stride else 0.0
+        return cells[size]
     class_ids = resolve_classes(classes, adapter.class_names)
     truth_source = _Coco(coco, adapter.class_names) if coco is not None else None
     if task == "segment":
@@ -708,7 +713,8 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         "kind": "settings", "format": _FORMAT,
         "model": model if isinstance(model, str) else type(getattr(adapter, "model", adapter)).__name__,
         "adapter": type(adapter).__name__, "task": task, "method": method, "layers": used_layers,
-        "layer_stride": round(stride, 3), "targets": targets, "ring_px": ring_px, "ring_frac": ring_frac, "min_area": min_area,
+        "layer_stride": round(stride, 3), "targets": targets, "ring_px": ring_px, "ring_frac": ring_frac,
+        "min_area": min_area,
         "classes": class_ids, "thresholds": thresholds,
         "ground_truth": "masks" if masks is not None else ("coco" if coco is not None else "none"),
         "class_names": {str(k): v for k, v in adapter.class_names.items()},
@@ -813,7 +819,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
                 rows, dets, maps = _image_rows(
                     adapter, image, truth, method=method, layers=used_layers, targets=targets,
                     target_options=target_options, min_area=min_area, ring_px=ring_px, ring_frac=ring_frac,
-                    stride=stride, thresholds=thresholds)
+                    cell_px=cell_size(image.shape[:2]), thresholds=thresholds)
                 for row in rows:
                     row["image"] = name
                     if out_dir is not None and (thumbnails == "all" or (thumbnails == "flagged" and row["flags"])):
