@@ -14,7 +14,7 @@ the model's device) the audit computes:
   cell of the explained layer in image pixels (:func:`layer_stride`; 32 px for the default layer of the
   shipped shapes U-Net on its 256 px scenes). An upsampled map of a coarse layer spreads evidence on the
   mask's edge about a cell beyond it: with an 8 px ring that resolution blur alone flagged 32 of 68 masks of
-  the clean shapes U-Net on held-out scenes as "outside"; with the cell, 5.
+  the clean shapes U-Net on held-out scenes as "outside"; with the cell, 5 (``benchmarks/audit_resolution.py``).
 * ``pointing_hit`` (the map's peak lies inside the mask) and ``peak_in_ring`` (inside mask + ring).
 * ``confidence``: semantic segmenters: the mean softmax probability of the mask's class inside it;
   instance segmenters: the detection score.
