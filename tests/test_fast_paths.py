@@ -83,6 +83,7 @@ def _supported(dtype):
 
 
 TOLERANCE = {"fp16": (1e-2, 2e-3), "bf16": (2e-2, 5e-3)}  # (max abs, mean abs) of normalised maps
+EARLY_TOLERANCE = {"fp16": (0.15, 1e-2), "bf16": (0.15, 2e-2)}  # the same at layer2 and at layer3+4
 METHODS = [dsxai.GradCAM, dsxai.HiResCAM, dsxai.LayerCAM, dsxai.GradCAMPlusPlus, dsxai.EigenCAM]
 
 
@@ -111,10 +112,12 @@ def test_autocast_matches_float32_at_the_last_stage(model, images, precision, me
 @pytest.mark.parametrize("layers", [["layer2"], ["layer3", "layer4"]], ids=["layer2", "layer3+4"])
 def test_autocast_differs_more_at_earlier_layers(model, images, precision, layers):
     """Gradients of earlier layers pass through more reduced-precision ops: measured on this random-init
-    ResNet-18 up to ~0.1 max abs (bf16 LayerCAM at layer2), below 1e-2 on average."""
+    ResNet-18 up to ~0.13 max abs (bf16 at layer2). On average below 1e-2, except bf16 at layer2: 1.35e-2 on an
+    Ice Lake Xeon without native bf16 (avx512_bf16), below 1e-2 on the machine the test was written on."""
+    worst, mean = EARLY_TOLERANCE[precision]
     for method in (dsxai.GradCAM, dsxai.LayerCAM):
         diff = _compare(method, model, images, precision, layers)
-        assert diff.max() <= 0.15 and diff.mean() <= 1e-2
+        assert diff.max() <= worst and diff.mean() <= mean
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

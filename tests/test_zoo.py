@@ -182,3 +182,25 @@ def test_training_is_reproducible(module):
         assert torch.equal(a[k], b[k]), k
     c = train(seed=1, **kw).state_dict()
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_unet_training_scene_density_reaches_the_generator(monkeypatch):
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo import train_unet
+
+    seen = []
+    real = shapes.make_scenes
+
+    def spy(*args, **kwargs):
+        scenes = real(*args, **kwargs)
+        seen.append((kwargs.get("n_objects"), kwargs.get("overlap_prob"), sum(len(s.labels) for s in scenes)))
+        return scenes
+
+    monkeypatch.setattr(shapes, "make_scenes", spy)
+    kw = dict(steps=1, batch=4, warmup=1, log_every=0, finetune_steps=0, threads=1)
+    train_unet.train(**kw)
+    train_unet.train(n_objects=(4, 8), overlap_prob=0.4, **kw)
+    assert [s[:2] for s in seen] == [((1, 5), 0.25), ((4, 8), 0.4)]  # the test world's density by default
+    assert seen[1][2] > seen[0][2]  # denser scenes hold more objects
+    with pytest.raises(SystemExit):
+        train_unet.main(["--objects", "5", "2"])
