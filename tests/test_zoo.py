@@ -202,5 +202,8 @@ def test_unet_training_scene_density_reaches_the_generator(monkeypatch):
     train_unet.train(n_objects=(4, 8), overlap_prob=0.4, **kw)
     assert [s[:2] for s in seen] == [((1, 5), 0.25), ((4, 8), 0.4)]  # the test world's density by default
     assert seen[1][2] > seen[0][2]  # denser scenes hold more objects
+    seen.clear()
+    train_unet.train(n_objects=(4, 8), overlap_prob=0.4, dense_steps=1, **{**kw, "steps": 2, "finetune_steps": 1})
+    assert [s[:2] for s in seen] == [((4, 8), 0.4), (None, None), (None, None)]  # then make_scene's defaults
     with pytest.raises(SystemExit):
         train_unet.main(["--objects", "5", "2"])
