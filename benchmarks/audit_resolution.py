@@ -8,8 +8,10 @@ cell left out (the 8 px ring the audit had before), per mask size:
 
     python benchmarks/audit_resolution.py             # 24 TEST_SEED scenes, the audit's default layer
     python benchmarks/audit_resolution.py --scenes 80 --layers encoder.model.blocks.3
+    python benchmarks/audit_resolution.py --weights /tmp/unet/shapes_unet.pt   # a retrained U-Net instead
 
-Prints a table and writes ``benchmarks/results/audit_resolution.json``.
+Prints a table and writes ``benchmarks/results/audit_resolution.json`` (with ``--weights``:
+``audit_resolution-<weights' folder name>.json``, so the shipped model's figures are kept).
 """
 from __future__ import annotations
 
@@ -30,17 +32,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=24, help="held-out scenes (TEST_SEED)")
     parser.add_argument("--layers", nargs="*", default=None, help="layers to explain (default: the audit's)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "audit_resolution.json")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a shapes_unet.pt written by `python -m dsxai.zoo.train_unet` (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.out is None:
+        suffix = f"-{args.weights.resolve().parent.name}" if args.weights else ""
+        args.out = ROOT / "results" / f"audit_resolution{suffix}.json"
     if args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
+    if args.weights is not None and not args.weights.is_file():
+        parser.error(f"--weights {args.weights}: no such file; write one with "
+                     f"`python -m dsxai.zoo.train_unet --out {args.weights.parent}`")
 
     from dsxai import shapes, zoo
     from dsxai.audit import MAX_OUTSIDE, RING_FRAC, RING_PX, audit_layers, layer_stride, mask_figures
 
     torch.set_num_threads(args.threads)
     try:
-        adapter = zoo.load_adapter("shapes-unet")
+        if args.weights is None:
+            adapter = zoo.load_adapter("shapes-unet")
+        else:
+            from dsxai.adapters.smp_segmentation import SMPAdapter
+
+            adapter = SMPAdapter(zoo.load_shapes_unet(path=args.weights), mean=zoo.UNET_MEAN, std=zoo.UNET_STD)
     except FileNotFoundError as exc:
         raise SystemExit(str(exc))
     layers = args.layers or audit_layers(adapter)
@@ -61,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
                     counts[ring][group][0] += int(flagged)
                     counts[ring][group][1] += 1
 
-    print(f"shapes U-Net, layers {layers} (stride {stride:g}), {args.scenes} held-out scenes, LayerCAM, "
+    print(f"shapes U-Net ({args.weights or 'shipped'}), layers {layers} (stride {stride:g}), {args.scenes} held-out scenes, LayerCAM, "
           f"flag when evidence_outside >= {MAX_OUTSIDE:g}")
     print("| ring | flagged 'outside', all masks | small masks (< 1000 px) |")
     print("|---|---|---|")
     for ring, c in counts.items():
         print(f"| {ring} | {c['all'][0]} / {c['all'][1]} | {c['small'][0]} / {c['small'][1]} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"layers": layers, "stride": stride, "scenes": args.scenes,
+    args.out.write_text(json.dumps({"weights": str(args.weights) if args.weights else "shipped", "layers": layers, "stride": stride, "scenes": args.scenes,
                                     "max_outside": MAX_OUTSIDE, "ring_px": RING_PX, "ring_frac": RING_FRAC,
                                     "counts": counts, "threads": torch.get_num_threads(),
                                     "torch": torch.__version__, "numpy": np.__version__}, indent=2))
