@@ -76,14 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                     counts[ring][group][0] += int(flagged)
                     counts[ring][group][1] += 1
 
-    print(f"shapes U-Net ({args.weights or 'shipped'}), layers {layers} (stride {stride:g}), {args.scenes} held-out scenes, LayerCAM, "
-          f"flag when evidence_outside >= {MAX_OUTSIDE:g}")
+    print(f"shapes U-Net ({args.weights or 'shipped'}), layers {layers} (stride {stride:g}), {args.scenes} "
+          f"held-out scenes, LayerCAM, flag when evidence_outside >= {MAX_OUTSIDE:g}")
     print("| ring | flagged 'outside', all masks | small masks (< 1000 px) |")
     print("|---|---|---|")
     for ring, c in counts.items():
         print(f"| {ring} | {c['all'][0]} / {c['all'][1]} | {c['small'][0]} / {c['small'][1]} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"weights": str(args.weights) if args.weights else "shipped", "layers": layers, "stride": stride, "scenes": args.scenes,
+    args.out.write_text(json.dumps({"weights": str(args.weights) if args.weights else "shipped", "layers": layers,
+                                    "stride": stride, "scenes": args.scenes,
                                     "max_outside": MAX_OUTSIDE, "ring_px": RING_PX, "ring_frac": RING_FRAC,
                                     "counts": counts, "threads": torch.get_num_threads(),
                                     "torch": torch.__version__, "numpy": np.__version__}, indent=2))

@@ -184,7 +184,7 @@ def test_training_is_reproducible(module):
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
-def test_unet_training_scene_density_reaches_the_generator(monkeypatch):
+def test_unet_training_scene_density_reaches_the_generator(monkeypatch, capsys, tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
     from dsxai.zoo import train_unet
 
@@ -205,5 +205,8 @@ def test_unet_training_scene_density_reaches_the_generator(monkeypatch):
     seen.clear()
     train_unet.train(n_objects=(4, 8), overlap_prob=0.4, dense_steps=1, **{**kw, "steps": 2, "finetune_steps": 1})
     assert [s[:2] for s in seen] == [((4, 8), 0.4), (None, None), (None, None)]  # then make_scene's defaults
+    # a one-step run, so a missing check fails fast (make_scene rejects 5..2) instead of training for minutes
     with pytest.raises(SystemExit):
-        train_unet.main(["--objects", "5", "2"])
+        train_unet.main(["--objects", "5", "2", "--steps", "1", "--finetune-steps", "0", "--batch", "1",
+                         "--out", str(tmp_path)])
+    assert "--objects MIN MAX needs 1 <= MIN <= MAX" in capsys.readouterr().err

@@ -81,9 +81,10 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     --steps 1000 --finetune-steps 300`` trains in 322 s to held-out mIoU 0.931 / objects 0.915 (80 scenes). It is
     not the shipped recipe: that model's stride-32 LayerCAM maps put more of a clean mask's evidence beyond it
     (7 of 38 masks flagged "outside" by ``dsxai audit`` in ``tests/test_audit.py``, bar 15%; the shipped model:
-    3 of 37). With ``--dense-steps 600`` (then test-world scenes) it takes 331 s for 0.936 / 0.921 and 5 of 38
-    masks are flagged: inside the bar, but 8 of 69 on 24 scenes against the shipped model's 5 of 68. Without
-    the presence head (``presence_weight=0``) the dense recipe reaches only 0.863 / 0.831.
+    3 of 37). With ``--dense-steps 600`` (then test-world scenes) it takes 315-331 s (two runs) for 0.936 /
+    0.921 and 5 of 38 masks are flagged: inside the bar, but 8 of 69 on 24 scenes against the shipped model's
+    5 of 68 (``benchmarks/audit_resolution.py --weights``). Without the presence head (``presence_weight=0``)
+    the dense recipe reaches only 0.863 / 0.831.
     """
     import numpy as np
     import torch
@@ -113,12 +114,12 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
         return cosine(finetune_lr, i - steps, finetune_steps)
 
     data_seed = TRAIN_SEED if data_seed is None else data_seed
+    dense = dict(n_objects=n_objects, overlap_prob=overlap_prob)
     t0 = time.time()
     running = None
     total = steps + finetune_steps
     for step in range(total):
-        density = {} if dense_steps is not None and step >= dense_steps else dict(n_objects=n_objects,
-                                                                                   overlap_prob=overlap_prob)
+        density = dense if dense_steps is None or step < dense_steps else {}  # {}: the test world's
         scenes = shapes.make_scenes(batch, data_seed, start=step * batch, size=image_size, **density)
         x = unet_preprocess(np.stack([s.image for s in scenes]))
         y = torch.from_numpy(np.stack([s.semantic for s in scenes]).astype(np.int64))
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "dense_steps": a.dense_steps,
                                            "threads": a.threads,
                                            "train_seconds": round(dt, 1)})
-    print(f"trained {a.steps}+{a.finetune_steps} steps in {dt:.0f}s; saved {dst} ({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
+    print(f"trained {a.steps}+{a.finetune_steps} steps in {dt:.0f}s; saved {dst} "
+          f"({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
     if a.eval:
         from dsxai import shapes
         from dsxai.zoo import load_shapes_unet
