@@ -35,8 +35,8 @@ YOLOv8 196 s, YOLOv8-seg 143-157 s (3 epochs from the detector, also tensor-for-
 per-box HiResCAM and LayerCAM maps peak inside their own box for fewer than 90% of detections, so the
 known-answer tests fail; the shipped checkpoint's ``meta`` says ``train_seconds`` 1170: that is its first run's
 time; retrains on 2 quiet cores gave the same tensors in 224 s, and in 241 s on an AVX2-only AMD EPYC), U-Net
-592 s (1900 steps; shorter schedules of this recipe fall short: 1400 steps mIoU 0.905 / objects 0.883, 760 steps
-0.47 / 0.34).
+592 s (645 s and the same tensors on that AMD EPYC; 1900 steps; shorter schedules of this recipe fall short: 1400
+steps mIoU 0.905 / objects 0.883, 760 steps 0.47 / 0.34).
 """
 from __future__ import annotations
 
