@@ -33,10 +33,10 @@ retrained on 2 threads is tensor-for-tensor equal to the shipped one). Wall time
 YOLOv8 196 s, YOLOv8-seg 143-157 s (3 epochs from the detector, also tensor-for-tensor reproducible; held-out box mAP50
 0.946, mask 0.932), Faster R-CNN 224 s (500 steps; 400 steps take ~180 s and still reach mAP50 0.93, but their
 per-box HiResCAM and LayerCAM maps peak inside their own box for fewer than 90% of detections, so the
-known-answer tests fail; the shipped checkpoint's ``meta`` says ``train_seconds`` 1170: that is its first run's
-time; retrains on 2 quiet cores gave the same tensors in 224 s, and in 241 s on an AVX2-only AMD EPYC), U-Net
-592 s (645 s and the same tensors on that AMD EPYC; 1900 steps; shorter schedules of this recipe fall short: 1400
-steps mIoU 0.905 / objects 0.883, 760 steps 0.47 / 0.34).
+known-answer tests fail), U-Net 592 s (1900 steps; shorter schedules of this recipe fall short: 1400 steps mIoU
+0.905 / objects 0.883, 760 steps 0.47 / 0.34). Retrained on an AVX2-only AMD EPYC, the Faster R-CNN (241 s) and
+the U-Net (645 s) came out tensor-for-tensor equal to the shipped ones. The ``train_seconds`` of 1170 in the
+shipped Faster R-CNN's ``meta`` is its first run's time, not the recipe's.
 """
 from __future__ import annotations
 
