@@ -210,3 +210,39 @@ def test_unet_training_scene_density_reaches_the_generator(monkeypatch, capsys, 
         train_unet.main(["--objects", "5", "2", "--steps", "1", "--finetune-steps", "0", "--batch", "1",
                          "--out", str(tmp_path)])
     assert "--objects MIN MAX needs 1 <= MIN <= MAX" in capsys.readouterr().err
+
+
+def test_unet_consistency_loss_penalises_split_objects_only():
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo.train_unet import consistency_loss
+
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 2  # one square object on background
+    agree = torch.zeros(1, 5, 8, 8)
+    agree[:, 2, 2:6, 2:6] = 4.0  # the whole object read as one class...
+    agree[:, 3, :2, :4] += 3.0  # ...while the background may vary freely
+    assert float(consistency_loss(agree, target)) == pytest.approx(0.0, abs=1e-6)
+    split = agree.clone()
+    split[:, 3, 2:6, 2:4] = 8.0  # the left half of the object now reads as another class
+    split.requires_grad_(True)
+    loss = consistency_loss(split, target)
+    assert float(loss) > 0.1
+    loss.backward()
+    assert torch.isfinite(split.grad).all() and split.grad[..., 2:6, 2:6].abs().sum() > 0
+    assert split.grad[..., 7, :].abs().sum() == 0  # background pairs do not pull
+
+
+def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo import train_unet
+
+    train_unet.train(steps=3, finetune_steps=1, batch=1, warmup=1, lr=1e-2, log_every=1, threads=1,
+                     decay_steps=2, consistency_weight=1.0)
+    rates = [float(line.split("lr=")[1].split()[0]) for line in capsys.readouterr().out.splitlines() if "lr=" in line]
+    assert rates[0] == pytest.approx(1e-3)  # warm-up from lr / 10
+    assert rates[1] == rates[2] == pytest.approx(1e-2)  # held, then the cosine decay starts at lr
+    assert rates[3] == pytest.approx(1e-2 * (0.001 + 0.999 * 0.5), rel=1e-2)  # halfway through the decay
+    with pytest.raises(SystemExit):
+        train_unet.main(["--steps", "3", "--finetune-steps", "0", "--warmup", "1", "--decay-steps", "5",
+                         "--out", str(tmp_path)])
+    assert "--decay-steps must be between 1 and" in capsys.readouterr().err
