@@ -242,6 +242,8 @@ def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
     assert rates[0] == pytest.approx(1e-3)  # warm-up from lr / 10
     assert rates[1] == rates[2] == pytest.approx(1e-2)  # held, then the cosine decay starts at lr
     assert rates[3] == pytest.approx(1e-2 * (0.001 + 0.999 * 0.5), rel=1e-2)  # halfway through the decay
+    with pytest.raises(ValueError, match="decay_steps must be between 1 and steps"):
+        train_unet.train(steps=3, finetune_steps=0, decay_steps=0)
     with pytest.raises(SystemExit):
         train_unet.main(["--steps", "3", "--finetune-steps", "0", "--warmup", "1", "--decay-steps", "5",
                          "--out", str(tmp_path)])

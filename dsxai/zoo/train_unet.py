@@ -127,6 +127,11 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     from dsxai import shapes
     from dsxai.zoo import TRAIN_SEED, build_shapes_unet, unet_preprocess
 
+    total = steps + finetune_steps
+    if decay_steps is not None and not 1 <= decay_steps <= total:
+        raise ValueError(f"decay_steps must be between 1 and steps + finetune_steps ({total}), got {decay_steps}")
+    if consistency_weight < 0:
+        raise ValueError(f"consistency_weight is a loss weight >= 0, got {consistency_weight}")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -154,7 +159,6 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     dense = dict(n_objects=n_objects, overlap_prob=overlap_prob)
     t0 = time.time()
     running = None
-    total = steps + finetune_steps
     for step in range(total):
         density = dense if dense_steps is None or step < dense_steps else {}  # {}: the test world's
         scenes = shapes.make_scenes(batch, data_seed, start=step * batch, size=image_size, **density)
