@@ -231,6 +231,14 @@ def test_unet_consistency_loss_penalises_split_objects_only():
     assert torch.isfinite(split.grad).all() and split.grad[..., 2:6, 2:6].abs().sum() > 0
     assert split.grad[..., 7, :].abs().sum() == 0  # background pairs do not pull
 
+    from dsxai.zoo import train_unet
+
+    kw = dict(steps=1, finetune_steps=0, batch=2, warmup=1, log_every=0, threads=1)
+    plain, pulled = train_unet.train(**kw).state_dict(), train_unet.train(consistency_weight=1.0, **kw).state_dict()
+    assert any(not torch.equal(plain[k], pulled[k]) for k in plain if plain[k].is_floating_point())  # it trains
+    with pytest.raises(ValueError, match="consistency_weight is a loss weight >= 0"):
+        train_unet.train(consistency_weight=-1.0, **kw)
+
 
 def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
@@ -242,8 +250,9 @@ def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
     assert rates[0] == pytest.approx(1e-3)  # warm-up from lr / 10
     assert rates[1] == rates[2] == pytest.approx(1e-2)  # held, then the cosine decay starts at lr
     assert rates[3] == pytest.approx(1e-2 * (0.001 + 0.999 * 0.5), rel=1e-2)  # halfway through the decay
-    with pytest.raises(ValueError, match="decay_steps must be between 1 and steps"):
-        train_unet.train(steps=3, finetune_steps=0, decay_steps=0)
+    for bad in (0, 3):  # 3 steps, 1 of them warm-up: at most 2 can decay
+        with pytest.raises(ValueError, match="decay_steps must be between 1 and steps"):
+            train_unet.train(steps=3, finetune_steps=0, warmup=1, decay_steps=bad)
     with pytest.raises(SystemExit):
         train_unet.main(["--steps", "3", "--finetune-steps", "0", "--warmup", "1", "--decay-steps", "5",
                          "--out", str(tmp_path)])

@@ -128,8 +128,9 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     from dsxai.zoo import TRAIN_SEED, build_shapes_unet, unet_preprocess
 
     total = steps + finetune_steps
-    if decay_steps is not None and not 1 <= decay_steps <= total:
-        raise ValueError(f"decay_steps must be between 1 and steps + finetune_steps ({total}), got {decay_steps}")
+    if decay_steps is not None and not 1 <= decay_steps <= total - warmup:
+        raise ValueError(f"decay_steps must be between 1 and steps + finetune_steps - warmup ({total - warmup}), "
+                         f"got {decay_steps}")
     if consistency_weight < 0:
         raise ValueError(f"consistency_weight is a loss weight >= 0, got {consistency_weight}")
     torch.set_num_threads(threads)
