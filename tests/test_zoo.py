@@ -174,13 +174,13 @@ def test_training_is_reproducible(module):
         pytest.importorskip("segmentation_models_pytorch")
     train = importlib.import_module(f"dsxai.zoo.{module}").train
     kw = dict(steps=2, batch=2, warmup=1, log_every=0, threads=min(2, torch.get_num_threads()))
-    if module == "train_unet":
-        kw["finetune_steps"] = 1  # the warm restart's schedule runs too
+    if module == "train_unet":  # one process here; the data-parallel run has its own test
+        kw.update(finetune_steps=1, decay_steps=None, procs=1)  # the warm restart's schedule runs too
     a, b = _train_twice(train, **kw)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    c = train(seed=1, **kw).state_dict()
+    c = train(seed=7, **kw).state_dict()  # neither module's default seed
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
@@ -197,7 +197,7 @@ def test_unet_training_scene_density_reaches_the_generator(monkeypatch, capsys, 
         return scenes
 
     monkeypatch.setattr(shapes, "make_scenes", spy)
-    kw = dict(steps=1, batch=4, warmup=1, log_every=0, finetune_steps=0, threads=1)
+    kw = dict(steps=1, batch=4, warmup=1, log_every=0, finetune_steps=0, threads=1, procs=1, decay_steps=None)
     train_unet.train(**kw)
     train_unet.train(n_objects=(4, 8), overlap_prob=0.4, **kw)
     assert [s[:2] for s in seen] == [((1, 5), 0.25), ((4, 8), 0.4)]  # the test world's density by default
@@ -233,8 +233,9 @@ def test_unet_consistency_loss_penalises_split_objects_only():
 
     from dsxai.zoo import train_unet
 
-    kw = dict(steps=1, finetune_steps=0, batch=2, warmup=1, log_every=0, threads=1)
-    plain, pulled = train_unet.train(**kw).state_dict(), train_unet.train(consistency_weight=1.0, **kw).state_dict()
+    kw = dict(steps=1, finetune_steps=0, batch=2, warmup=1, log_every=0, threads=1, procs=1, decay_steps=None)
+    plain = train_unet.train(consistency_weight=0.0, **kw).state_dict()
+    pulled = train_unet.train(consistency_weight=1.0, **kw).state_dict()
     assert any(not torch.equal(plain[k], pulled[k]) for k in plain if plain[k].is_floating_point())  # it trains
     with pytest.raises(ValueError, match="consistency_weight is a loss weight >= 0"):
         train_unet.train(consistency_weight=-1.0, **kw)
@@ -244,7 +245,7 @@ def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
     from dsxai.zoo import train_unet
 
-    train_unet.train(steps=3, finetune_steps=1, batch=1, warmup=1, lr=1e-2, log_every=1, threads=1,
+    train_unet.train(steps=3, finetune_steps=1, batch=1, warmup=1, lr=1e-2, log_every=1, threads=1, procs=1,
                      decay_steps=2, consistency_weight=1.0)
     rates = [float(line.split("lr=")[1].split()[0]) for line in capsys.readouterr().out.splitlines() if "lr=" in line]
     assert rates[0] == pytest.approx(1e-3)  # warm-up from lr / 10
@@ -252,8 +253,30 @@ def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
     assert rates[3] == pytest.approx(1e-2 * (0.001 + 0.999 * 0.5), rel=1e-2)  # halfway through the decay
     for bad in (0, 3):  # 3 steps, 1 of them warm-up: at most 2 can decay
         with pytest.raises(ValueError, match="decay_steps must be between 1 and steps"):
-            train_unet.train(steps=3, finetune_steps=0, warmup=1, decay_steps=bad)
+            train_unet.train(steps=3, finetune_steps=0, warmup=1, decay_steps=bad, procs=1)
     with pytest.raises(SystemExit):
         train_unet.main(["--steps", "3", "--finetune-steps", "0", "--warmup", "1", "--decay-steps", "5",
                          "--out", str(tmp_path)])
     assert "--decay-steps must be between 1 and" in capsys.readouterr().err
+
+
+def test_unet_data_parallel_training_is_reproducible_and_checked(capfd, tmp_path):
+    """Data-parallel training (2 processes, gloo) must still be a pure function of its arguments, and it is not
+    the single-process run of the same scenes."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo import train_unet
+
+    kw = dict(steps=2, finetune_steps=0, batch=4, warmup=1, decay_steps=1, log_every=1, threads=1, procs=2,
+              n_objects=(4, 8), overlap_prob=0.4, consistency_weight=1.0)
+    a = train_unet.train(**kw)
+    assert a.training and a.classification_head is None
+    assert len(capfd.readouterr().out.splitlines()) == 2  # rank 0 logs, rank 1 does not
+    a, b = a.state_dict(), train_unet.train(**kw).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    one = train_unet.train(**{**kw, "procs": 1}).state_dict()  # the same scenes, not split: another run
+    assert any(not torch.equal(a[k], one[k]) for k in a if a[k].is_floating_point())
+    with pytest.raises(ValueError, match="procs must be >= 1 and divide the batch"):
+        train_unet.train(**{**kw, "procs": 3})
+    with pytest.raises(SystemExit):
+        train_unet.main(["--procs", "3", "--steps", "1", "--finetune-steps", "0", "--out", str(tmp_path)])
+    assert "--procs must be >= 1 and divide --batch (16)" in capfd.readouterr().err
