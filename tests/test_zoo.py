@@ -275,6 +275,13 @@ def test_unet_data_parallel_training_is_reproducible_and_checked(capfd, tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     one = train_unet.train(**{**kw, "procs": 1}).state_dict()  # the same scenes, not split: another run
     assert any(not torch.equal(a[k], one[k]) for k in a if a[k].is_floating_point())
+    # train() checks that the processes ended with equal weights (their BatchNorm statistics may differ)
+    stats = {**a, "decoder.blocks.0.conv1.1.running_mean": a["decoder.blocks.0.conv1.1.running_mean"] + 1}
+    assert torch.equal(train_unet._model_from_ranks([a, stats]).state_dict()["decoder.blocks.0.conv1.0.weight"],
+                       a["decoder.blocks.0.conv1.0.weight"])
+    apart = {**a, "segmentation_head.0.bias": a["segmentation_head.0.bias"] + 1e-3}
+    with pytest.raises(RuntimeError, match="weights of process 1 differ from process 0's"):
+        train_unet._model_from_ranks([a, apart])
     with pytest.raises(ValueError, match="procs must be >= 1 and divide the batch"):
         train_unet.train(**{**kw, "procs": 3})
     with pytest.raises(SystemExit):

@@ -148,19 +148,32 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
 
     import torch.multiprocessing as mp
 
-    from dsxai.zoo import build_shapes_unet
-
     with tempfile.TemporaryDirectory(prefix="dsxai-train-unet-") as tmp:
         mp.spawn(_data_parallel_worker, args=(procs, args, tmp), nprocs=procs, join=True)
-        state = torch.load(Path(tmp) / "rank0.pt", weights_only=True)
+        states = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(procs)]
+    return _model_from_ranks(states)
+
+
+def _model_from_ranks(states: list[dict]):
+    """The model of a data-parallel run (train mode), from each process's state dict: rank 0's, once the
+    weights of all ranks are found equal (averaged gradients keep them so; BatchNorm buffers may differ)."""
+    import torch
+
+    from dsxai.zoo import build_shapes_unet
+
     model = build_shapes_unet()
-    model.load_state_dict(state)
+    model.load_state_dict(states[0])
+    weights = [name for name, _ in model.named_parameters()]
+    for r, state in enumerate(states[1:], 1):
+        if not all(torch.equal(states[0][name], state[name]) for name in weights):
+            raise RuntimeError(f"data-parallel training: the weights of process {r} differ from process 0's, so "
+                               "the gradients were not averaged; train with procs=1")
     return model.train()
 
 
 def _data_parallel_worker(rank: int, world: int, args: dict, tmp: str) -> None:
-    """One process of a data-parallel :func:`train`: rendezvous through a file in ``tmp``, train, and have
-    rank 0 save the model there."""
+    """One process of a data-parallel :func:`train`: rendezvous through a file in ``tmp``, train, and save the
+    model there as ``rank{rank}.pt``."""
     import os
 
     import torch
@@ -172,8 +185,7 @@ def _data_parallel_worker(rank: int, world: int, args: dict, tmp: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{Path(tmp) / 'rendezvous'}", rank=rank, world_size=world)
     try:
         model = _fit(rank, world, **args)
-        if rank == 0:
-            torch.save(model.state_dict(), Path(tmp) / "rank0.pt")
+        torch.save(model.state_dict(), Path(tmp) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
