@@ -285,5 +285,6 @@ def test_unet_data_parallel_training_is_reproducible_and_checked(capfd, tmp_path
     with pytest.raises(ValueError, match="procs must be >= 1 and divide the batch"):
         train_unet.train(**{**kw, "procs": 3})
     with pytest.raises(SystemExit):
-        train_unet.main(["--procs", "3", "--steps", "1", "--finetune-steps", "0", "--out", str(tmp_path)])
+        train_unet.main(["--procs", "3", "--steps", "1", "--finetune-steps", "0", "--decay-steps", "0",
+                         "--out", str(tmp_path)])
     assert "--procs must be >= 1 and divide --batch (16)" in capfd.readouterr().err
