@@ -122,9 +122,10 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     the full-resolution decoder block). So the recipe uses lr 5e-3 and the test world's scenes throughout: 1100
     steps reach 0.924 / 0.907 with 4 of 37 masks flagged and a stride-16 share of 0.48 (random weights 0.24).
     The previous recipe (``--procs 1 --threads 2 --lr 4e-3 --weight-decay 1e-4 --warmup 140 --steps 1400
-    --finetune-steps 500 --decay-steps 0 --consistency 0 --seed 0``) took 645 s for 0.928 / 0.912. Short runs vary with the seed (another recipe gave 0.905 / 0.883 with seed 0 and 0.931 / 0.915 with
-    seed 1); this one was run with seed 1 only. The presence head is essential: without it an earlier dense
-    recipe reached only 0.863 / 0.831.
+    --finetune-steps 500 --decay-steps 0 --consistency 0 --seed 0``) took 645 s for 0.928 / 0.912. Short runs
+    vary with the seed (another recipe gave 0.905 / 0.883 with seed 0 and 0.931 / 0.915 with seed 1); this one
+    was run with seed 1 only. The presence head is essential: without it an earlier dense recipe reached only
+    0.863 / 0.831.
     """
     import torch
 
