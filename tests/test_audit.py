@@ -416,7 +416,7 @@ def test_layer_stride_in_network_pixels():
 
 def test_clean_unet_masks_are_not_flagged_for_the_layer_resolution():
     """The shipped shapes U-Net is audited at its stride-32 stage. Its maps are blurred over 32 px cells,
-    so with a fixed 8 px ring nearly every small mask would read "evidence outside" (32 of 67 masks on 24
+    so with a fixed 8 px ring nearly every small mask would read "evidence outside" (40 of 68 masks on 24
     held-out scenes). The ring is one cell wide instead, and a clean model's masks then pass."""
     from dsxai import shapes, zoo
 

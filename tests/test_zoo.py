@@ -199,9 +199,9 @@ def test_unet_training_scene_density_reaches_the_generator(monkeypatch, capsys, 
     monkeypatch.setattr(shapes, "make_scenes", spy)
     kw = dict(steps=1, batch=4, warmup=1, log_every=0, finetune_steps=0, threads=1, procs=1, decay_steps=None)
     train_unet.train(**kw)
-    train_unet.train(n_objects=(4, 8), overlap_prob=0.4, **kw)
-    assert [s[:2] for s in seen] == [((1, 5), 0.25), ((4, 8), 0.4)]  # the test world's density by default
-    assert seen[1][2] > seen[0][2]  # denser scenes hold more objects
+    train_unet.train(n_objects=(1, 5), overlap_prob=0.25, **kw)
+    assert [s[:2] for s in seen] == [((4, 8), 0.4), ((1, 5), 0.25)]  # dense scenes by default, then as asked
+    assert seen[0][2] > seen[1][2]  # denser scenes hold more objects
     seen.clear()
     train_unet.train(n_objects=(4, 8), overlap_prob=0.4, dense_steps=1, **{**kw, "steps": 2, "finetune_steps": 1})
     assert [s[:2] for s in seen] == [((4, 8), 0.4), (None, None), (None, None)]  # then make_scene's defaults
@@ -239,6 +239,66 @@ def test_unet_consistency_loss_penalises_split_objects_only():
     assert any(not torch.equal(plain[k], pulled[k]) for k in plain if plain[k].is_floating_point())  # it trains
     with pytest.raises(ValueError, match="consistency_weight is a loss weight >= 0"):
         train_unet.train(consistency_weight=-1.0, **kw)
+
+
+def test_unet_coarse_class_losses_score_each_cells_class_shares():
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo.train_unet import coarse_class_losses
+
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 2  # the top-left 2x2 cell is all square
+    target[0, 2:, 2:3] = 3  # the bottom-right one half triangle, half background
+    torch.manual_seed(0)
+    features = [torch.randn(1, 6, 2, 2), torch.randn(1, 7, 1, 1)]  # a stride-2 and a stride-4 stage
+    heads = [torch.nn.Conv2d(6, 5, 1), torch.nn.Conv2d(7, 5, 1)]
+    fine, coarse = coarse_class_losses(heads, features, target)
+    share = torch.zeros(1, 5, 2, 2)
+    share[0, 2, 0, 0] = share[0, 0, 0, 1] = share[0, 0, 1, 0] = 1.0
+    share[0, 3, 1, 1] = share[0, 0, 1, 1] = 0.5
+    assert float(fine) == pytest.approx(float(-(share * heads[0](features[0]).log_softmax(1)).sum(1).mean()))
+    whole = torch.tensor([10 / 16, 0, 4 / 16, 2 / 16, 0]).view(1, 5, 1, 1)  # the whole image is one cell
+    assert float(coarse) == pytest.approx(float(-(whole * heads[1](features[1]).log_softmax(1)).sum()))
+
+
+def test_unet_deep_supervision_trains_the_encoder_and_leaves_no_trace():
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo import build_shapes_unet, train_unet
+
+    kw = dict(steps=2, finetune_steps=0, batch=2, warmup=1, log_every=0, threads=1, procs=1, decay_steps=None,
+              half_res_steps=0, image_size=64)
+    plain = train_unet.train(deep_supervision=0.0, **kw)
+    deep = train_unet.train(deep_supervision=1.0, **kw)
+    assert not hasattr(deep, "coarse_heads") and not deep.encoder._forward_hooks  # heads and hook are gone
+    assert deep.state_dict().keys() == build_shapes_unet().state_dict().keys()  # loads as the shipped model
+    plain, deep = plain.state_dict(), deep.state_dict()
+    changed = [k for k in plain if plain[k].is_floating_point() and not torch.equal(plain[k], deep[k])]
+    assert any(k.startswith("encoder.") for k in changed)
+    with pytest.raises(ValueError, match="deep_supervision is a loss weight >= 0"):
+        train_unet.train(deep_supervision=-1.0, **kw)
+
+
+def test_unet_half_res_steps_train_on_zoomed_out_scenes(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai import zoo
+    from dsxai.zoo import train_unet
+
+    sizes, build = [], zoo.build_shapes_unet
+
+    def spy(**kwargs):
+        model = build(**kwargs)
+        model.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+        return model
+
+    monkeypatch.setattr(zoo, "build_shapes_unet", spy)
+    kw = dict(steps=3, finetune_steps=0, batch=1, warmup=1, log_every=0, threads=1, procs=1, decay_steps=None)
+    train_unet.train(half_res_steps=2, **kw)
+    assert sizes == [(64, 64), (64, 64), (128, 128)]
+    with pytest.raises(ValueError, match="half_res_steps must be >= 0, and > 0 only for scenes"):
+        train_unet.train(half_res_steps=1, image_size=96, **kw)
+    with pytest.raises(SystemExit):
+        train_unet.main(["--half-res-steps", "1", "--image-size", "96", "--steps", "1", "--decay-steps", "0",
+                         "--out", str(tmp_path)])
+    assert "--half-res-steps must be >= 0, and > 0 only with --image-size" in capsys.readouterr().err
 
 
 def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
