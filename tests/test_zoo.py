@@ -7,6 +7,8 @@ all 5 classes (background included) and over the 4 object classes.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,3 +350,55 @@ def test_unet_data_parallel_training_is_reproducible_and_checked(capfd, tmp_path
         train_unet.main(["--procs", "3", "--steps", "1", "--finetune-steps", "0", "--decay-steps", "0",
                          "--out", str(tmp_path)])
     assert "--procs must be >= 1 and divide --batch (16)" in capfd.readouterr().err
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of a live process (None once it has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return None if fields["State"].strip().startswith("Z") else int(fields["PPid"])
+
+
+def _is_spawned(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_unet_data_parallel_workers_do_not_outlive_a_parent_killed_at_start():
+    """Killed while its workers still import torch, train() must not leave them training on for minutes.
+    (torch's spawn makes Linux signal running workers when their parent dies, not workers still starting.)"""
+    pytest.importorskip("segmentation_models_pytorch")
+    import signal
+    import subprocess
+    import time
+
+    code = ("from dsxai.zoo.train_unet import train; train(steps=100000, finetune_steps=0, batch=2, warmup=1, "
+            "decay_steps=None, log_every=1, threads=1, procs=2, image_size=64, half_res_steps=0)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+            workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                       and _parent_pid(int(p.name)) == proc.pid and _is_spawned(int(p.name))]
+            time.sleep(0.05)
+        assert len(workers) == 2, "train(procs=2) started no workers"
+        time.sleep(0.5)  # they have their arguments and are importing torch
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 60
+        while time.time() < deadline and any(_parent_pid(w) is not None for w in workers):
+            time.sleep(0.2)
+        assert [w for w in workers if _parent_pid(w) is not None] == [], "workers outlived train()'s process"
+        assert proc.stdout.read() == b""  # no step was trained
+    finally:
+        proc.kill()
+        for w in workers:
+            if _parent_pid(w) is not None:
+                os.kill(w, signal.SIGKILL)
