@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from dsxai import get_method, shapes, zoo  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 N_SCENES = 8
 PEAK_TARGET = 0.9
 
@@ -194,3 +196,26 @@ def test_unet_encoder_maps_carry_mask_evidence(scenes, method):
     trained, random, chance = np.mean(trained_share), np.mean(random_share), np.mean(area_share)
     assert trained > 4 * chance, f"{method}: {trained:.2f} near the mask, chance {chance:.2f}"
     assert trained > random + 0.12, f"{method}: {trained:.2f} near the mask vs {random:.2f} with random weights"
+
+
+def test_unet_evidence_benchmark_reports_the_shipped_models_figures(tmp_path, capsys):
+    """benchmarks/unet_evidence.py measures what the test above pins, for any retrained U-Net."""
+    pytest.importorskip("segmentation_models_pytorch")
+    import importlib.util
+    import json
+
+    _weights("shapes_unet.pt")
+    spec = importlib.util.spec_from_file_location("unet_evidence", ROOT / "benchmarks" / "unet_evidence.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "evidence.json"
+    assert bench.main(["--scenes", "2", "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["masks"] >= 4 and set(result["share_near_mask"]) == {"stride 16", "stride 32"}
+    for method in ("layercam", "hirescam"):
+        shares = result["share_near_mask"]["stride 16"][method]
+        assert shares["trained"] > shares["random"] + 0.12 and shares["trained"] > 4 * result["chance"]
+    assert "| stride 16 (`encoder.model.blocks.3`) | layercam |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--weights", str(tmp_path / "missing.pt")])
+    assert "no such file; write one with `python -m dsxai.zoo.train_unet" in capsys.readouterr().err
