@@ -18,46 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from shapes_unet_options import add_options, load_adapter, parse
 
-ROOT = Path(__file__).resolve().parent
 SMALL = 1000  # px: a mask below this is "small" (a disc of ~36 px diameter)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=int, default=24, help="held-out scenes (TEST_SEED)")
+    add_options(parser, scenes=24)
     parser.add_argument("--layers", nargs="*", default=None, help="layers to explain (default: the audit's)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="a shapes_unet.pt written by `python -m dsxai.zoo.train_unet` (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.out is None:
-        suffix = f"-{args.weights.resolve().parent.name}" if args.weights else ""
-        args.out = ROOT / "results" / f"audit_resolution{suffix}.json"
-    if args.scenes < 1:
-        parser.error(f"--scenes must be >= 1, got {args.scenes}")
-    if args.weights is not None and not args.weights.is_file():
-        parser.error(f"--weights {args.weights}: no such file; write one with "
-                     f"`python -m dsxai.zoo.train_unet --out {args.weights.parent}`")
+    args = parse(parser, argv, "audit_resolution")
 
     from dsxai import shapes, zoo
     from dsxai.audit import MAX_OUTSIDE, RING_FRAC, RING_PX, audit_layers, layer_stride, mask_figures
 
     torch.set_num_threads(args.threads)
-    try:
-        if args.weights is None:
-            adapter = zoo.load_adapter("shapes-unet")
-        else:
-            from dsxai.adapters.smp_segmentation import SMPAdapter
-
-            adapter = SMPAdapter(zoo.load_shapes_unet(path=args.weights), mean=zoo.UNET_MEAN, std=zoo.UNET_STD)
-    except FileNotFoundError as exc:
-        raise SystemExit(str(exc))
+    adapter = load_adapter(args)
     layers = args.layers or audit_layers(adapter)
     stride = layer_stride(adapter, layers)
     scenes = shapes.make_scenes(args.scenes, zoo.TEST_SEED)

@@ -15,57 +15,30 @@ Prints a table and writes ``benchmarks/results/unet_evidence.json`` (with ``--we
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
+from shapes_unet_options import add_options, load_adapter, parse
 
-ROOT = Path(__file__).resolve().parent
 STAGES = {"stride 16": "encoder.model.blocks.3", "stride 32": "encoder.model.blocks.5"}
 METHODS = ("layercam", "hirescam")
 RING = 9  # px: the mask dilated by a 9x9 square, i.e. within 4 px of it
 
 
-def randomised(model: torch.nn.Module) -> torch.nn.Module:
-    net = copy.deepcopy(model)
-    torch.manual_seed(0)
-    for module in net.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return net
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=int, default=4, help="held-out scenes (TEST_SEED)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="a shapes_unet.pt written by `python -m dsxai.zoo.train_unet` (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.out is None:
-        suffix = f"-{args.weights.resolve().parent.name}" if args.weights else ""
-        args.out = ROOT / "results" / f"unet_evidence{suffix}.json"
-    if args.scenes < 1:
-        parser.error(f"--scenes must be >= 1, got {args.scenes}")
-    if args.weights is not None and not args.weights.is_file():
-        parser.error(f"--weights {args.weights}: no such file; write one with "
-                     f"`python -m dsxai.zoo.train_unet --out {args.weights.parent}`")
+    add_options(parser, scenes=4)
+    args = parse(parser, argv, "unet_evidence")
 
     import cv2
 
     from dsxai import get_method, shapes, zoo
-    from dsxai.adapters.smp_segmentation import SMPAdapter
+    from dsxai.bench import randomized_copy
 
     torch.set_num_threads(args.threads)
-    try:
-        model = zoo.load_shapes_unet(path=args.weights)
-    except FileNotFoundError as exc:
-        raise SystemExit(str(exc))
-    adapter = SMPAdapter(model, mean=zoo.UNET_MEAN, std=zoo.UNET_STD)
-    noise = randomised(adapter.model)
+    adapter = load_adapter(args)
+    noise = randomized_copy(adapter.model)  # seed 0, as tests/test_known_answer.py's
     shares = {(stage, method, which): [] for stage in STAGES for method in METHODS for which in ("trained", "random")}
     chance = []
     for scene in shapes.make_scenes(args.scenes, zoo.TEST_SEED):

@@ -198,13 +198,14 @@ def test_unet_encoder_maps_carry_mask_evidence(scenes, method):
     assert trained > random + 0.12, f"{method}: {trained:.2f} near the mask vs {random:.2f} with random weights"
 
 
-def test_unet_evidence_benchmark_reports_the_shipped_models_figures(tmp_path, capsys):
+def test_unet_evidence_benchmark_reports_the_shipped_models_figures(tmp_path, capsys, monkeypatch):
     """benchmarks/unet_evidence.py measures what the test above pins, for any retrained U-Net."""
     pytest.importorskip("segmentation_models_pytorch")
     import importlib.util
     import json
 
     _weights("shapes_unet.pt")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/unet_evidence.py` runs it
     spec = importlib.util.spec_from_file_location("unet_evidence", ROOT / "benchmarks" / "unet_evidence.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
