@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from _model_state import assert_unchanged, snapshot
+from conftest import SHARED_DATA
 from dsxai.adapters.generic import (
     DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, guess_layers, make_batch,
 )
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 
 
 def share_in_box(m, box, margin=0):
@@ -259,7 +260,7 @@ def test_segmenter_guessed_layer_and_custom_preprocess():
 
 
 # --------------------------------------------------------------------------------------------------
-# real checkpoints from /work/shared/data (skipped when absent)
+# real checkpoints from ../shared/data (skipped when absent)
 # --------------------------------------------------------------------------------------------------
 FASTESTDET = DATA / "weights/fastestdet_coco/FastestDet.onnx"
 SINET = DATA / "weights/sinet_portrait_seg/SINet.onnx"

@@ -24,10 +24,11 @@ from ultralytics import YOLO  # noqa: E402
 
 from dsxai.adapters import ultralytics_yolo  # noqa: E402
 from dsxai.adapters.ultralytics_yolo import UltralyticsAdapter, mirror_anchors  # noqa: E402
+from conftest import SHARED_DATA  # noqa: E402
 
 ASSETS = Path(ultralytics.__file__).parent / "assets"
 BUS, ZIDANE = ASSETS / "bus.jpg", ASSETS / "zidane.jpg"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = SHARED_DATA
 FALL_PT = SHARED / "weights" / "yolov8s_fall_ultralytics" / "best.pt"
 YOLOV5_PT = SHARED / "weights" / "yolov5n_coco" / "yolov5n.pt"
 COCO = SHARED / "coco_subset"

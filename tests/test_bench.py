@@ -10,9 +10,10 @@ import pytest
 
 from dsxai import bench
 from dsxai.cli import main
+from conftest import SHARED_DATA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 WEIGHTS = ROOT / "dsxai" / "zoo" / "weights" / "shapes_yolov8.pt"
 needs_yolo = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS} is absent (train it with "
                                 "python -m dsxai.zoo.train_yolo)")

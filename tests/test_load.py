@@ -12,8 +12,9 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from dsxai.adapters import load  # noqa: E402
 from dsxai.cli import main  # noqa: E402
+from conftest import SHARED_DATA  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "weights"
+SHARED = SHARED_DATA / "weights"
 
 
 @pytest.fixture(scope="module")
