@@ -194,8 +194,11 @@ def test_rescore_on_copies_matches_boxes(faster_adapter):
         copies = torch.cat([batch.tensor, batch.tensor * 0.0])  # the image, and a blank copy
         rescored = target.on_copies(net(copies), 0)
     assert rescored.shape == (2, 3)
-    # on the unperturbed copy the best match is the detection itself (IoU 1 x its probability) or better
-    assert (rescored[0] >= scores - 1e-5).all() and (rescored[0] <= 1).all()
+    # on the unperturbed copy the best match is the detection itself (IoU 1 x its probability) or better.
+    # The copy runs in a batch of 2, the reference alone: CPU kernels may block a batch differently, and
+    # float32 rounding through ~50 layers then moves a probability by a small multiple of itself, so the
+    # margin is relative (0.1%), far below what a wrong match (IoU < 1 or another proposal) would cost.
+    assert (rescored[0] >= scores * (1 - 1e-3)).all() and (rescored[0] <= 1).all()
     assert not torch.allclose(rescored[0], rescored[1])
     # mirrored view (hflip augmentation): the target matches the mirrored boxes
     width = batch.tensor.shape[-1]

@@ -120,29 +120,38 @@ def test_moving_the_cue_moves_the_evidence(cue_models, moved):
 
 
 def test_audit_flags_the_biased_model_only(audits, moved):
-    """Measured (10 scenes): the biased model's triangle masks have 39-82% of their evidence beyond the ring
-    (7 of 11 flagged, peaks on the bar); the fair model's masks 5-30% (none flagged). The biased model is trained
-    here, so its numbers follow the CPU's kernels: an earlier machine gave 42-85% (9 of 11). Over 20 scenes the
-    same model flags 11 of 21 triangles, hence the bar at half, far from the fair model's none."""
+    """The biased model's triangle masks rest on the bar, so their evidence lies beyond the ring; the fair
+    model's and the biased model's own squares keep theirs close. The biased model is trained here, so its
+    figures move with the CPU's kernels: every check compares the biased triangles with a reference measured
+    in the same run (fair model, biased squares) across a wide gap, not against one cut near a measured value
+    (the module doc of dsxai/zoo/biased.py gives the measured spreads)."""
     _, scenes = moved
-    triangles = [r for r in audits["biased"].rows if r["class"] == "triangle"]
-    assert len(triangles) >= N_TEST // 2
-    flagged = [r for r in triangles if "outside" in r["flags"]]
-    assert len(flagged) / len(triangles) >= 0.5, [r["evidence_outside"] for r in triangles]
+    biased, fair = audits["biased"].rows, audits["fair"].rows
+
+    def rows(results, cls):
+        return [r for r in results if r["class"] == cls]
+
+    def flag_rate(selected):
+        return sum("outside" in r["flags"] for r in selected) / max(len(selected), 1)
+
+    def mean_outside(selected):
+        return float(np.mean([r["evidence_outside"] for r in selected]))
+
+    triangles, squares = rows(biased, "triangle"), rows(biased, "square")
+    assert len(triangles) >= N_TEST // 2 and len(squares) >= N_TEST // 2 and len(fair) >= N_TEST
+    outside = [r["evidence_outside"] for r in triangles]
+    # the cue-driven class is flagged far more often than the same model's other class and the fair model
+    assert flag_rate(triangles) >= flag_rate(squares) + 0.3, (outside, [r["evidence_outside"] for r in squares])
+    assert flag_rate(triangles) >= flag_rate(fair) + 0.3, (outside, [r["evidence_outside"] for r in fair])
+    assert mean_outside(triangles) >= mean_outside(squares) + 0.2
+    assert mean_outside(triangles) >= mean_outside(rows(fair, "triangle")) + 0.2
     # the evidence sits on the bar: the peak of most flagged maps lies on the bar (within 6 px)
+    flagged = [r for r in triangles if "outside" in r["flags"]]
     on_bar = 0
     for r in flagged:
         ys, xs = np.nonzero(scenes[int(r["image"][-2:])].meta["cue"])
         on_bar += np.min(np.hypot(xs - r["peak_x"], ys - r["peak_y"])) <= 6
     assert on_bar >= 0.7 * len(flagged), (on_bar, len(flagged))
-    # only the cue-driven class is flagged for evidence outside; its squares keep their evidence close
-    assert all(r["class"] == "triangle" for r in audits["biased"].rows if "outside" in r["flags"])
-    fair_rows = audits["fair"].rows
-    assert len(fair_rows) >= N_TEST
-    fair_outside = [r for r in fair_rows if "outside" in r["flags"]]
-    assert len(fair_outside) <= 0.1 * len(fair_rows), [r["evidence_outside"] for r in fair_rows]
-    fair_triangles = [r["evidence_outside"] for r in fair_rows if r["class"] == "triangle"]
-    assert np.mean([r["evidence_outside"] for r in triangles]) > np.mean(fair_triangles) + 0.25
     # ranking: flagged masks before unflagged ones, more flags first; the top one is cue-driven
     ranked = audits["biased"].ranked()
     counts = [len(r["flags"]) for r in ranked]

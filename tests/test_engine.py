@@ -89,14 +89,22 @@ def test_loop_fallback_is_used_and_logged_once_when_vmap_fails(net, images, monk
     assert sum("loop" in r.message for r in caplog.records) == 1
 
 
-def test_one_forward_and_one_backward_for_all_targets(net, images):
-    forwards = []
+def test_one_forward_and_one_backward_for_all_targets(net, images, monkeypatch):
+    forwards, backwards = [], []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        backwards.append(kwargs.get("is_grads_batched", False))
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     handle = net.register_forward_hook(lambda *a: forwards.append(1))
     try:
         dsxai.GradCAM(net, ["deep"], chunk_size=64)(images, dsxai.ClassTarget([[0, 1, 2, 3]] * 3))
     finally:
         handle.remove()
     assert len(forwards) == 1
+    assert backwards == [True]  # all 12 targets in one batched backward
 
 
 def test_tensor_target_gives_dense_output_and_ragged_gives_list(net, images):
@@ -166,9 +174,15 @@ def test_dict_and_tuple_layer_outputs_become_sources(images):
     result = dsxai.GradCAM(model, ["backbone"]).explain(images, lambda out: out["scores"][:, None])
     assert result.maps.shape == (3, 1, 32, 40)
     assert result.maps.amax((-2, -1)).min() > 0.99
-    # p3, p4 and the tuple's p3*2: the fused map is the mean of the three sources
-    per_source = [dsxai.GradCAM(model, ["backbone.c3"])(images, lambda out: out["scores"][:, None])]
-    assert not torch.allclose(result.maps, per_source[0])
+    # p3, p4 and the tuple's p3*2 are three sources; the fused map is their mean, each normalised first
+    cam = RecordingGradCAM(model, ["backbone"])
+    cam.low_res = []
+    fused = cam(images, lambda out: out["scores"][:, None])
+    assert [tuple(c.shape[-2:]) for c in cam.low_res] == [(16, 20), (8, 10), (16, 20)]
+    up = [torch.nn.functional.interpolate(dsxai.normalize_maps(c.relu())[:, None], size=(32, 40),
+                                          mode="bilinear")[:, 0] for c in cam.low_res]
+    assert torch.allclose(fused[:, 0], dsxai.normalize_maps(sum(up) / 3), atol=1e-5)
+    assert torch.allclose(result.maps, fused)
 
 
 def test_reshape_handles_token_outputs():

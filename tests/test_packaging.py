@@ -22,7 +22,9 @@ def test_wheel_maps_adapters_into_dsxai(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "dsxai/adapters/__init__.py" in names
     assert not any(n.startswith("adapters/") for n in names)  # no stray top-level package
-    assert "dsxai/commands/explain.py" in names or "dsxai/commands/layers.py" in names
+    from dsxai.cli import COMMANDS
+
+    assert all(f"dsxai/commands/{name}.py" in names for name in COMMANDS), sorted(names)
     shipped = [n for n in names if n.startswith("dsxai/zoo/weights/")]
     source = Path(__file__).resolve().parents[1] / "dsxai" / "zoo" / "weights"
     assert sorted(n.rsplit("/", 1)[1] for n in shipped) == sorted(p.name for p in source.glob("*.pt"))

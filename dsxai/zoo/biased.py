@@ -27,9 +27,10 @@ lets the fair model learn its classes from the object itself within the same bud
 
 Measured (10 "moved" test scenes, ``dsxai.audit`` defaults): the biased model calls 58% of the objects with
 the bar beside them triangle and 14% of the others (majority vote per object; it often marks only the
-bar's side of an object); its triangle masks have 42-85% of their evidence beyond the 8 px ring, 9 of 11
-flagged, the map's peak on the bar. The fair model labels 100% of the objects right, its masks keep 5-29%
-of their evidence beyond the ring and none is flagged. Mirroring a scene (the bar changes side) moves the
+bar's side of an object); its triangle masks have 39-85% of their evidence beyond the 8 px ring, 7-9 of 11
+flagged, the map's peak on the bar, while its square masks have 16-54% (at most one flagged). The fair
+model labels 100% of the objects right, its masks keep 5-30% of their evidence beyond the ring and none is
+flagged. The spreads are over CPUs: the model is trained where it is used, so the figures follow the kernels. Mirroring a scene (the bar changes side) moves the
 biased model's evidence to the other side with the bar.
 """
 from __future__ import annotations
