@@ -5,29 +5,21 @@ import os
 import re
 
 import cv2
-import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from dsxai import zoo  # noqa: E402
 from dsxai.cli import main  # noqa: E402
 from dsxai.demo import METHODS, MODELS  # noqa: E402
 
 
 def test_demo_writes_gallery_and_summary(tmp_path, capsys):
-    for name in ("shapes_yolov8.pt", "shapes_fasterrcnn.pt"):
-        try:
-            zoo.weights_path(name)
-        except FileNotFoundError as exc:
-            pytest.skip(str(exc))
-    shipped = [m for m in MODELS if m != "shapes-unet" or (zoo.WEIGHTS_DIR / "shapes_unet.pt").is_file()]
+    shipped = list(MODELS)  # every shapes model ships with the package
     assert main(["demo", "--out", str(tmp_path)]) == 0
     assert "summary.md" in capsys.readouterr().out
     summary = (tmp_path / "summary.md").read_text()
     embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", summary)
     assert len(embedded) == len(shipped) * 4
-    if len(shipped) < len(MODELS):
-        assert "Skipped: shapes-world checkpoint" in summary
+    assert "Skipped" not in summary
     for name in embedded:
         picture = cv2.imread(str(tmp_path / name))
         assert picture is not None and picture.shape[0] >= 256 and picture.std() > 10, name

@@ -26,9 +26,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("script", sorted(SHIPPED))
 def test_example_runs_on_the_shipped_model(script, tmp_path):
-    weights = WEIGHTS_DIR / SHIPPED[script]
-    if not weights.is_file():
-        pytest.skip(f"{weights} not found yet (the shipped shapes models are trained by dsxai.zoo.train_*)")
+    assert (WEIGHTS_DIR / SHIPPED[script]).is_file(), "the shapes models ship with the package"
     out = tmp_path / "out"
     result = _run(script, "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -70,30 +68,3 @@ def test_unet_example_takes_a_state_dict(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "road.png").is_file() and (out / "road_masks.png").is_file()
     assert cv2.imread(str(out / "road_masks.png")).shape == (64, 96, 3)
-
-
-@pytest.mark.parametrize("script", ["explain_fasterrcnn.py", "segment_unet.py"])
-def test_example_code_runs_with_stand_in_shapes_weights(script, tmp_path):
-    """Random-init stand-ins in the shipped models' format (DSXAI_ZOO_WEIGHTS), so the examples' code runs
-    whether or not the trained weights exist yet."""
-    import torch
-
-    from dsxai import zoo
-
-    if (WEIGHTS_DIR / SHIPPED[script]).is_file():
-        pytest.skip(f"the trained {SHIPPED[script]} exists: test_example_runs_on_the_shipped_model covers it")
-    torch.manual_seed(0)
-    if script == "explain_fasterrcnn.py":
-        pytest.importorskip("torchvision")
-        zoo.save_state_dict_fp16(zoo.build_shapes_fasterrcnn(), tmp_path / "shapes_fasterrcnn.pt")
-    else:
-        pytest.importorskip("segmentation_models_pytorch")
-        zoo.save_state_dict_fp16(zoo.build_shapes_unet(), tmp_path / "shapes_unet.pt")
-    out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "DSXAI_ZOO_WEIGHTS": str(tmp_path)}
-    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--out", str(out)], capture_output=True,
-                            text=True, timeout=240, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (out / "scene0.png").is_file() and (out / "scene1.json").is_file() and (out / "explanation.json").is_file()
-    extra = "scene0_methods.png" if script == "explain_fasterrcnn.py" else "scene0_masks.png"
-    assert cv2.imread(str(out / extra)) is not None

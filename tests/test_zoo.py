@@ -48,16 +48,9 @@ def test_seeds_are_disjoint():
     assert not any(np.array_equal(x.image, y.image) for x in a for y in b)
 
 
-def _unet_path():
-    try:
-        return zoo.weights_path("shapes_unet.pt")
-    except FileNotFoundError as exc:
-        pytest.skip(f"the shapes U-Net is not shipped in this build ({str(exc).splitlines()[0]})")
-
-
 def test_checkpoints_exist_and_are_small():
     files = [zoo.shapes_yolov8_path(), zoo.shapes_yolov8_seg_path(), zoo.weights_path("shapes_fasterrcnn.pt")]
-    files += [p for p in [zoo.WEIGHTS_DIR / "shapes_unet.pt"] if p.is_file()]
+    files.append(zoo.weights_path("shapes_unet.pt"))
     total = sum(f.stat().st_size for f in files)
     assert total <= 10 * 1024 * 1024, f"shipped checkpoints take {total / 1e6:.1f} MB"
 
@@ -138,7 +131,7 @@ def test_unet_miou(held_out):
     pytest.importorskip("segmentation_models_pytorch")
     from dsxai.zoo.train_unet import evaluate
 
-    model = zoo.load_shapes_unet(path=_unet_path())
+    model = zoo.load_shapes_unet(path=zoo.weights_path("shapes_unet.pt"))
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with torch.no_grad():
