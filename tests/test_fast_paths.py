@@ -111,9 +111,9 @@ def test_autocast_matches_float32_at_the_last_stage(model, images, precision, me
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("layers", [["layer2"], ["layer3", "layer4"]], ids=["layer2", "layer3+4"])
 def test_autocast_differs_more_at_earlier_layers(model, images, precision, layers):
-    """Gradients of earlier layers pass through more reduced-precision ops: measured on this random-init
-    ResNet-18 up to ~0.13 max abs (bf16 at layer2). On average below 1e-2, except bf16 at layer2: 1.35e-2 on an
-    Ice Lake Xeon without native bf16 (avx512_bf16), below 1e-2 on the machine the test was written on."""
+    """Gradients of earlier layers pass through more reduced-precision ops: on this random-init ResNet-18 up
+    to ~0.13 max abs (bf16 at layer2), on average below 1e-2 except bf16 at layer2, whose mean depends on whether
+    the CPU has native bf16 (avx512_bf16): up to 1.35e-2 without it."""
     worst, mean = EARLY_TOLERANCE[precision]
     for method in (dsxai.GradCAM, dsxai.LayerCAM):
         diff = _compare(method, model, images, precision, layers)

@@ -161,8 +161,7 @@ def test_unet_mask_maps_sit_on_their_mask(scenes, method):
 # it does not: the map shows how much of the mask's evidence the encoder found on the object rather than in
 # its context. Measured on the shipped U-Net, 4 scenes, 11 masks, share of the map within 4 px of the mask at the
 # stride-16 stage (encoder.model.blocks.3): LayerCAM 0.58 (re-initialised weights: 0.24), HiResCAM 0.55 (0.28);
-# the dilated masks cover ~4% of the image (`python benchmarks/unet_evidence.py`; the U-Nets shipped before,
-# trained without per-cell class heads, gave 0.48 and 0.48 (1100 steps) and 0.50 and 0.44 (1900 steps)). A
+# the dilated masks cover ~4% of the image (`python benchmarks/unet_evidence.py`). A
 # Gaussian at the box centre would score 0.89: this U-Net still reads a lot of context (at the stride-32 stage
 # LayerCAM keeps only 0.29), which is what the audit is for.
 @pytest.mark.parametrize("method", ["hirescam", "layercam"])

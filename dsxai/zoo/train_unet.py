@@ -135,26 +135,8 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     normalises over each process's share; the model returned carries rank 0's running statistics, once every
     process is found to hold the same weights.
 
-    The recipe (AMD EPYC, 2 cores; held-out mIoU / object classes on 80 scenes). The explanation tests treat
-    the shipped model as one whose answer is known and local: ``tests/test_audit.py`` allows at most 15% of
-    ~37 clean masks flagged "outside" at the stride-32 stage, ``tests/test_known_answer.py`` wants stride-16
-    maps near their mask. The levers that make the shape classes learn fast, a high rate and dense scenes,
-    made the maps read context (lr 8e-3: 6-9 of 37 masks flagged; 550 dense steps of 800: stride-16 LayerCAM
-    share within 4 px 0.33, random weights 0.24), so the previous recipe kept lr 5e-3 on the test world's
-    scenes and needed 1100 steps (371 s for 0.924 / 0.907). :func:`coarse_class_losses` (weight 1) makes every
-    coarse cell name the classes under it, so the encoder learns them from the object's own cells: with both
-    levers, 0-3 of 37-39 masks flagged and stride-16 LayerCAM shares of 0.43-0.68 in five runs. Other weights
-    (seed 0): 0.25, 0.5 and 2 gave object-class mIoU 0.870, 0.901 and 0.882 against 0.891 for weight 1, and 0.5
-    with seed 1 gave 0.887 with a stride-16 HiResCAM share of 0.37 (random weights 0.29: below the test's bar).
-    ``half_res_steps`` makes the first steps cost half as much (0.17 s against 0.33 s) for nearly the same
-    progress (the previous recipe with its first 550 of 1100 steps at half size: 0.919 / 0.900 against
-    0.924 / 0.907). The decay length matters: 150, 250 and 400 of 800 steps gave 0.890, 0.911 and 0.877
-    (5 classes, seed 0). The defaults (450 half-size steps, dense scenes up to step 550, lr 8e-3 decayed over
-    the last 250 of 800 steps) train in 198-225 s to 0.922 / 0.905 (seed 1, shipped), 0.911 / 0.891 (seed 0)
-    and 0.922 / 0.904 (seed 2). The previous recipe is ``--lr 5e-3 --objects 1 5 --overlap 0.25 --steps 1100
-    --decay-steps 350 --half-res-steps 0 --deep-supervision 0`` (now with a fused AdamW, so not bit-for-bit
-    the previously shipped model); the presence head is essential (without it an earlier dense recipe reached
-    only 0.863 / 0.831).
+    The defaults are the shipped model's recipe; ``benchmarks/README.md`` ("Shapes U-Net training recipe")
+    gives why each lever is set as it is, with the measured alternatives.
     """
     import torch
 
