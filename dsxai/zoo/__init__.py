@@ -28,16 +28,9 @@ evaluation (tests) uses ``TEST_SEED`` -- disjoint seed streams. Retrain with::
     python -m dsxai.zoo.train_fasterrcnn --out dsxai/zoo/weights
     python -m dsxai.zoo.train_unet --out dsxai/zoo/weights
 
-Each command reproduces its shipped checkpoint (seeded; same thread count -> same weights: the Faster R-CNN
-retrained on 2 threads is tensor-for-tensor equal to the shipped one). Wall time on 2 quiet CPU cores:
-YOLOv8 196 s, YOLOv8-seg 143-157 s (3 epochs from the detector, also tensor-for-tensor reproducible; held-out box mAP50
-0.946, mask 0.932), Faster R-CNN 224 s (500 steps; 400 steps take ~180 s and still reach mAP50 0.93, but their
-per-box HiResCAM and LayerCAM maps peak inside their own box for fewer than 90% of detections, so the
-known-answer tests fail), U-Net 198-225 s on an AVX2-only AMD EPYC (800 steps in 2 data-parallel processes, the
-first 450 on half-size scenes; earlier recipes took 371 s and 592-645 s; retrained there, the shipped U-Net came
-out tensor-for-tensor equal). Retrained on that AMD EPYC, the Faster R-CNN (241 s) came out tensor-for-tensor
-equal to the shipped one. The ``train_seconds`` of 1170 in the shipped Faster R-CNN's
-``meta`` is its first run's time, not the recipe's.
+Each command reproduces its shipped checkpoint (seeded; the same thread count gives the same weights, tensor
+for tensor). Training takes about 2.5-4 minutes per model on 2 CPU cores; ``benchmarks/README.md`` gives the
+measured times and held-out scores.
 """
 from __future__ import annotations
 
@@ -226,12 +219,8 @@ def build_shapes_unet(num_classes: int = len(SHAPES_CLASSES) + 1, presence_head:
                     decoder_channels=(64, 48, 16, 8, 8), classes=num_classes, aux_params=aux)
 
 
-# The shipped shapes_unet.pt is the output of `python -m dsxai.zoo.train_unet` (2 processes of 1 thread, 198-225 s
-# on a 2-core AMD EPYC): presence head, per-cell class heads on the stride-16/32 encoder stages, consistency loss,
-# 128 px scenes (dense up to step 550, the first 450 steps at half size), channels-last, AdamW 8e-3 held after a
-# 60-step warm-up, cosine decay over the last 250 of 800 steps. Held-out (80 TEST_SEED scenes): mIoU 0.922,
-# object classes 0.905. Earlier recipes took 371 s (0.924 / 0.907) and 592-645 s (0.928 / 0.912); without the
-# cell heads, recipes as fast as this one made maps that read context (see train_unet.train).
+# The shipped shapes_unet.pt is the output of `python -m dsxai.zoo.train_unet` with its defaults (see
+# train_unet.train for the recipe and benchmarks/README.md for its figures).
 
 
 def load_shapes_unet(device: str = "cpu", path: str | os.PathLike | None = None):
