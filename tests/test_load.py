@@ -115,14 +115,8 @@ def test_real_checkpoints_by_path():
     pytest.importorskip("ultralytics")
     yolov8 = load(SHARED / "yolov8s_fall_ultralytics" / "best.pt")
     assert type(yolov8).__name__ == "UltralyticsAdapter"
-    try:
-        import yolov5  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="yolov5"):
-            load(SHARED / "yolov5n_coco" / "yolov5n.pt")
-    else:
-        yolov5_adapter = load(SHARED / "yolov5n_coco" / "yolov5n.pt")
-        assert type(yolov5_adapter).__name__ == "YOLOv5Adapter" and len(yolov5_adapter.class_names) == 80
+    yolov5_adapter = load(SHARED / "yolov5n_coco" / "yolov5n.pt")  # no yolov5 package needed
+    assert type(yolov5_adapter).__name__ == "YOLOv5Adapter" and len(yolov5_adapter.class_names) == 80
 
 
 def test_layers_command(capsys):
