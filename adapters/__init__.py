@@ -6,7 +6,6 @@ checkpoint path.
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,9 @@ from torch import nn
 
 from dsxai.adapter import Adapter
 
-__all__ = ["load", "TORCHVISION_ARCHS"]
+from .checkpoint import UnsafeCheckpointError, checkpoint_family, load_checkpoint
+
+__all__ = ["load", "TORCHVISION_ARCHS", "UnsafeCheckpointError"]
 
 #: ``arch`` values for torchvision detection state dicts (``torchvision.models.get_model`` names)
 TORCHVISION_ARCHS = (
@@ -35,23 +36,28 @@ _MODULE_HELP = (
 )
 
 
-def load(model: Any, arch: str | None = None, *, device: Any = None, **options: Any) -> Adapter:
+def load(model: Any, arch: str | None = None, *, device: Any = None, trust: bool = False,
+         **options: Any) -> Adapter:
     """The adapter for ``model``: an object or a checkpoint path.
 
     Args:
         model: a :class:`~dsxai.adapter.Adapter` (returned as is); an ``ultralytics.YOLO``
             object or Ultralytics module; a torchvision detection model; an smp model; a
             YOLOv5 ``DetectionModel``; or a path: Ultralytics ``.pt``/``.yaml``, original
-            YOLOv5 ``.pt`` (needs the ``yolov5`` extra), or a state dict with ``arch``.
+            YOLOv5 ``.pt``, or a state dict with ``arch``.
         arch: for state-dict checkpoints: a torchvision detection builder name
             (:data:`TORCHVISION_ARCHS`) or ``"smp:<Architecture>:<encoder>"`` such as
             ``"smp:Unet:resnet34"``; the class count is read from the state dict.
         device: where to put a model loaded from a path.
+        trust: unpickle a checkpoint with full pickle, which can run code from the file (warns).
+            By default only allow-listed classes are rebuilt (:mod:`dsxai.adapters.checkpoint`).
         options: passed to the adapter (e.g. ``imgsz`` for YOLO, ``class_names``,
             ``mean``/``std`` for smp).
 
     Raises:
         FileNotFoundError: the path does not exist.
+        UnsafeCheckpointError: (a ValueError) the checkpoint's pickle names a class outside the
+            allow-list; nothing from it was run.
         ValueError: the file is damaged or not a checkpoint this function knows, or
             ``arch`` does not fit it; the message says what was expected.
         TypeError: an object of an unknown kind.
@@ -61,7 +67,7 @@ def load(model: Any, arch: str | None = None, *, device: Any = None, **options: 
             raise ValueError("model is already an Adapter; options and arch apply only when dsxai builds one")
         return model
     if isinstance(model, (str, Path)):
-        return _load_path(Path(model), arch, device, options)
+        return _load_path(Path(model), arch, device, trust, options)
     return _load_object(model, options)
 
 
@@ -69,7 +75,7 @@ def _family(model: Any) -> str | None:
     module = type(model).__module__
     if module.startswith("ultralytics."):
         return "ultralytics"
-    if module.startswith(("yolov5.", "models.")) and hasattr(model, "model"):
+    if module.startswith(("yolov5.", "models.", "dsxai.adapters.yolov5_modules")) and hasattr(model, "model"):
         return "yolov5"
     if module.startswith("torchvision.models.detection"):
         return "torchvision"
@@ -107,7 +113,7 @@ def _load_object(model: Any, options: dict[str, Any]) -> Adapter:
     raise TypeError(f"dsxai.adapters.load does not know {kind}; expected {_MODULE_HELP}")
 
 
-def _load_path(path: Path, arch: str | None, device: Any, options: dict[str, Any]) -> Adapter:
+def _load_path(path: Path, arch: str | None, device: Any, trust: bool, options: dict[str, Any]) -> Adapter:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         from .ultralytics_yolo import UltralyticsAdapter
@@ -123,71 +129,40 @@ def _load_path(path: Path, arch: str | None, device: Any, options: dict[str, Any
             "(onnx2torch.convert) and wrap the module in dsxai.adapters.generic.DetectorAdapter or SegmenterAdapter"
         )
     if arch is not None:
-        return _load_state_dict(path, arch, device, options)
-    kind = _pickle_kind(path)
+        return _load_state_dict(path, arch, device, trust, options)
+    try:
+        kind = checkpoint_family(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected {_PATH_HELP}") from None
     if kind == "yolov5":
         from .yolov5 import YOLOv5Adapter
 
-        return YOLOv5Adapter(path, device=device, **options)
+        return YOLOv5Adapter(path, device=device, trust=trust, **options)
     if kind == "ultralytics":
         from .ultralytics_yolo import UltralyticsAdapter
 
-        return UltralyticsAdapter(path, device=device, **options)
-    if kind == "state_dict":
-        raise ValueError(
-            f"{path} holds a bare state dict (weights without the architecture); pass arch=, one of "
-            f"{', '.join(TORCHVISION_ARCHS[:4])}, ... or 'smp:<Architecture>:<encoder>' (CLI: --arch)"
-        )
-    raise ValueError(f"cannot tell what {path} holds ({kind}); expected {_PATH_HELP}")
+        return UltralyticsAdapter(path, device=device, trust=trust, **options)
+    _read_state_dict(path, trust)  # an unknown pickle is read as a state dict: refused names are named
+    raise ValueError(
+        f"{path} holds a bare state dict (weights without the architecture); pass arch=, one of "
+        f"{', '.join(TORCHVISION_ARCHS[:4])}, ... or 'smp:<Architecture>:<encoder>' (CLI: --arch)"
+    )
 
 
-def _pickle_kind(path: Path) -> str:
-    """Which family a torch checkpoint belongs to, from the module names its pickle mentions (nothing is run)."""
-    if not zipfile.is_zipfile(path):
-        return _legacy_kind(path)
+def _read_state_dict(path: Path, trust: bool = False) -> dict:
+    """The state dict a checkpoint holds (also under ``state_dict`` / ``model_state_dict`` / ``model``)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            pickled = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            data = archive.read(pickled[0]) if pickled else b""
-    except (zipfile.BadZipFile, OSError, IndexError) as exc:
-        raise ValueError(
-            f"cannot read {path} ({type(exc).__name__}): the file is damaged or not a PyTorch checkpoint; "
-            f"expected {_PATH_HELP}"
-        ) from None
-    if not data:
-        raise ValueError(f"{path} is a zip file but not a PyTorch checkpoint (no data.pkl); expected {_PATH_HELP}")
-    if b"ultralytics.nn" in data:
-        return "ultralytics"
-    if b"models.yolo" in data or b"models.common" in data:
-        return "yolov5"
-    if b"collections\nOrderedDict" in data or b"state_dict" in data or b"torch._utils\n_rebuild_tensor" in data:
-        return "state_dict"
-    return "an unknown pickle"
-
-
-def _legacy_kind(path: Path) -> str:
-    """Checkpoints in torch's pre-1.6 (non-zip) format: only plain state dicts are read here."""
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    if head != b"\x80\x02":  # protocol-2 pickle, how legacy torch.save starts
-        raise ValueError(f"{path} is damaged or not a PyTorch checkpoint; expected {_PATH_HELP}")
-    _read_state_dict(path)  # raises with a clear message when it is not a state dict
-    return "state_dict"
-
-
-def _read_state_dict(path: Path) -> dict:
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure becomes one clear message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"cannot load {path} as a state dict ({type(exc).__name__}: {first}); "
-                         f"expected {_PATH_HELP}") from None
+        ckpt = load_checkpoint(path, "state_dict", trust=trust)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected {_PATH_HELP}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
+    if isinstance(ckpt, nn.Module):
+        ckpt = ckpt.state_dict()
     if not isinstance(ckpt, dict) or not ckpt:
         raise ValueError(f"{path} holds no state dict; expected {_PATH_HELP}")
     return {k.removeprefix("module."): v for k, v in ckpt.items()}
@@ -200,8 +175,8 @@ def _classes_from(state: dict, suffixes: tuple[str, ...]) -> int | None:
     return None
 
 
-def _load_state_dict(path: Path, arch: str, device: Any, options: dict[str, Any]) -> Adapter:
-    state = _read_state_dict(path)
+def _load_state_dict(path: Path, arch: str, device: Any, trust: bool, options: dict[str, Any]) -> Adapter:
+    state = _read_state_dict(path, trust)
     if arch.startswith("smp:"):
         parts = arch.split(":")
         if len(parts) != 3:

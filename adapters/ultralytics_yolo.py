@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,6 +43,8 @@ from dsxai.adapter import Adapter, Batch, DetectionTarget
 from dsxai.detections import Detections
 from dsxai.imaging import Geometry, ImageLike, letterbox, load_images
 from dsxai.targets import Target
+
+from .checkpoint import UnsafeCheckpointError, load_checkpoint
 
 __all__ = ["UltralyticsAdapter", "YOLOBoxTarget", "YOLOMaskTarget", "YOLOClassTarget", "DenseOutput"]
 
@@ -439,6 +439,8 @@ class UltralyticsAdapter(Adapter):
             shape: the detections then match it); a batch of different shapes uses
             the largest such size over its images. ``False`` pads to ``imgsz`` exactly.
         device: move a model loaded from a path there (a given module stays put).
+        trust: load a ``.pt`` with full pickle (it may run code); default: the allow-listed
+            unpickler of :mod:`dsxai.adapters.checkpoint`.
 
     Default layers: the inputs of the head, i.e. the modules whose outputs the
     ``Detect``/``Segment`` layer reads (``model.model[-1].f``, e.g. ``model.15``,
@@ -455,9 +457,9 @@ class UltralyticsAdapter(Adapter):
     """
 
     def __init__(self, model: Any, imgsz: int | Sequence[int] = 640, rect: bool = True,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, trust: bool = False):
         head_module = _import_ultralytics()
-        net = _resolve_model(model, device)
+        net = _resolve_model(model, device, trust)
         head = net.model[-1] if isinstance(getattr(net, "model", None), nn.Sequential) and len(net.model) else None
         _check_head(net, head, head_module)
         self.model = net
@@ -604,7 +606,7 @@ def _check_head(net: nn.Module, head: nn.Module | None, head_module) -> None:
         )
 
 
-def _resolve_model(model: Any, device: str | torch.device | None) -> nn.Module:
+def _resolve_model(model: Any, device: str | torch.device | None, trust: bool = False) -> nn.Module:
     from ultralytics.engine.model import Model
 
     if isinstance(model, Model):
@@ -616,7 +618,7 @@ def _resolve_model(model: Any, device: str | torch.device | None) -> nn.Module:
             )
         return net
     if isinstance(model, (str, Path)):
-        net = _load_path(Path(model))
+        net = _load_path(Path(model), trust)
         return net.to(device) if device is not None else net
     if isinstance(model, nn.Module):
         return model
@@ -626,79 +628,30 @@ def _resolve_model(model: Any, device: str | torch.device | None) -> nn.Module:
     )
 
 
-class _YOLOv5Pickle(Exception):
-    """The pickle names the original YOLOv5 repository's ``models`` package."""
-
-
-# Renames Ultralytics itself applies when loading old checkpoints (ultralytics.nn.tasks.torch_safe_load).
-_RENAMED_MODULES = {
-    "ultralytics.yolo.utils": "ultralytics.utils",
-    "ultralytics.yolo.v8": "ultralytics.models.yolo",
-    "ultralytics.yolo.data": "ultralytics.data",
-}
-_RENAMED_ATTRIBUTES = {
-    ("ultralytics.nn.modules.block", "Silence"): ("torch.nn", "Identity"),  # YOLOv9e
-    ("ultralytics.nn.tasks", "YOLOv10DetectionModel"): ("ultralytics.nn.tasks", "DetectionModel"),
-    ("ultralytics.utils.loss", "v10DetectLoss"): ("ultralytics.utils.loss", "E2EDetectLoss"),
-    ("pathlib", "WindowsPath"): ("pathlib", "PosixPath"),
-}
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if module == "models" or module.startswith("models."):
-            raise _YOLOv5Pickle(module)
-        for old, new in _RENAMED_MODULES.items():
-            if module == old or module.startswith(old + "."):
-                module = new + module[len(old):]
-        module, name = _RENAMED_ATTRIBUTES.get((module, name), (module, name))
-        return super().find_class(module, name)
-
-
-_PICKLE = types.ModuleType("dsxai_ultralytics_pickle")
-_PICKLE.Unpickler = _Unpickler
-_PICKLE.load = lambda file, **kwargs: _Unpickler(file, **kwargs).load()
-_PICKLE.__dict__["dump"] = pickle.dump
-
-
-def _load_path(path: Path) -> nn.Module:
+def _load_path(path: Path, trust: bool = False) -> nn.Module:
     """Load an Ultralytics checkpoint without Ultralytics' loader.
 
-    ``YOLO(path)`` / ``load_checkpoint`` may go to the network: a missing file or
-    a name like ``yolov5n.pt`` (renamed to ``yolov5nu.pt``) is downloaded, and a
-    module the pickle names is pip-installed. This loader reads the local file
-    only and says what is wrong with it; the model is then set up as
-    ``load_checkpoint`` does (float32, eval mode, ``args``/``task``/``stride``).
+    ``YOLO(path)`` / ``load_checkpoint`` may go to the network (a missing file or a
+    name like ``yolov5n.pt`` is downloaded, a module the pickle names is
+    pip-installed) and unpickles with no allow-list. This loader reads the local
+    file only, through the allow-listed unpickler of
+    :mod:`dsxai.adapters.checkpoint` (full pickle only with ``trust=True``), and
+    sets the model up as ``load_checkpoint`` does (float32, eval mode,
+    ``args``/``task``/``stride``).
     """
-    from ultralytics import YOLO
-
     expected = "an Ultralytics YOLO checkpoint (.pt saved by ultralytics, e.g. best.pt from training) or a model .yaml"
     if path.suffix.lower() in (".yaml", ".yml"):
-        if not path.is_file() and path.name != str(path):
-            raise FileNotFoundError(f"model file not found: {path} (expected {expected})")
-        return YOLO(str(path)).model  # a bare name is looked up among Ultralytics' yaml files; random weights
+        return _load_yaml(path, expected)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected {expected})")
     if path.suffix.lower() != ".pt":
         raise ValueError(f"{path} has suffix {path.suffix!r}; expected {expected}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
-    except _YOLOv5Pickle as exc:
-        raise ValueError(
-            f"{path} is an original YOLOv5 checkpoint (github.com/ultralytics/yolov5; its pickle needs the "
-            f"module {exc}), which the ultralytics package cannot run; use dsxai.adapters.yolov5.YOLOv5Adapter"
-        ) from None
-    except ModuleNotFoundError as exc:
-        raise ValueError(
-            f"cannot load {path}: its pickle needs the module {exc.name!r}, which is not installed "
-            f"(expected {expected})"
-        ) from exc
-    except Exception as exc:  # truncated zip, not a pickle, TorchScript archive, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(
-            f"cannot load {path} ({type(exc).__name__}: {first}); the file is damaged or not a PyTorch "
-            f"checkpoint; expected {expected}"
-        ) from exc
+        ckpt = load_checkpoint(path, "ultralytics", trust=trust)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected {expected}") from None
     if isinstance(ckpt, nn.Module) and not isinstance(ckpt, torch.jit.ScriptModule):
         ckpt = {"model": getattr(ckpt, "model", ckpt)}
     candidate = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
@@ -706,6 +659,35 @@ def _load_path(path: Path) -> nn.Module:
         found = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} holds no Ultralytics model (found {found}); expected {expected}")
     return _setup_loaded(candidate, ckpt, path)
+
+
+def _load_yaml(path: Path, expected: str) -> nn.Module:
+    """A model with random weights from an Ultralytics model ``.yaml`` (a bare name: Ultralytics' own)."""
+    from ultralytics import YOLO
+
+    if path.is_file():
+        import yaml
+
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"{path} is not valid YAML{at}; expected {expected}") from None
+        if not (isinstance(config, dict) and isinstance(config.get("backbone"), list)
+                and isinstance(config.get("head"), list)):
+            raise ValueError(f"{path} is not an Ultralytics model config (a YAML mapping with 'backbone' and "
+                             f"'head' layer lists, like yolov8n.yaml); expected {expected}")
+    elif path.name != str(path):
+        raise FileNotFoundError(f"model file not found: {path} (expected {expected})")
+    try:
+        return YOLO(str(path)).model
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model file not found: {path} (expected {expected})") from None
+    except Exception as exc:  # noqa: BLE001 - Ultralytics' parse errors are deep tracebacks
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"cannot build a model from {path} ({type(exc).__name__}: {first}); "
+                         f"expected {expected}") from None
 
 
 def _setup_loaded(model: nn.Module, ckpt: dict, path: Path) -> nn.Module:

@@ -1,11 +1,11 @@
-"""Classic anchor-based YOLOv5 (github.com/ultralytics/yolov5 checkpoints, v6.x / v7.0).
+"""Classic anchor-based YOLOv5 (github.com/ultralytics/yolov5 checkpoints, v5.0 to v7.0).
 
 An original YOLOv5 ``.pt`` file is a pickle of the YOLOv5 repository's model
 classes under the module names ``models.yolo``, ``models.common`` and
 ``models.experimental``; the ``ultralytics`` 8.x package cannot load it. The
-adapter takes those classes from the ``yolov5`` pip package (7.0.14) and maps
-the pickle's ``models.*`` / ``utils.*`` names onto ``yolov5.models.*`` /
-``yolov5.utils.*`` while loading, without touching ``sys.modules``.
+safe unpickler of :mod:`dsxai.adapters.checkpoint` maps those names onto
+dsxai's own re-implementation (:mod:`dsxai.adapters.yolov5_modules`), so no
+``yolov5`` package is needed and nothing from the file is run.
 
 The eval-mode output of the YOLOv5 ``Detect`` head is ``(pred, raw)``: ``pred``
 ``[B, N, 5 + nc]`` holds ``xywh`` boxes in network pixels, the objectness and the
@@ -16,9 +16,6 @@ by NMS is each detection's differentiable score.
 """
 from __future__ import annotations
 
-import pickle
-import types
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,70 +26,49 @@ from dsxai.adapter import Adapter, Batch
 from dsxai.imaging import ImageLike
 from dsxai.targets import Target
 
+from .checkpoint import UnsafeCheckpointError, checkpoint_family, load_checkpoint
 from .ultralytics_yolo import (
     DenseOutput, YOLOBoxTarget, YOLOClassTarget, letterbox_batch, network_size, xywh_to_xyxy,
 )
 
 __all__ = ["YOLOv5Adapter", "load_yolov5"]
 
-_INSTALL_HINT = "pip install 'dsxai[yolov5]'"
 _EXPECTED = "an original YOLOv5 checkpoint (.pt from github.com/ultralytics/yolov5, e.g. yolov5n.pt)"
 
 
-def _import_yolov5():
-    try:
-        with warnings.catch_warnings():  # yolov5 imports the deprecated pkg_resources
-            warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=UserWarning)
-            import yolov5.models.common  # noqa: F401
-            import yolov5.models.experimental  # noqa: F401
-            import yolov5.models.yolo as yolo
-    except ImportError as exc:
-        missing = getattr(exc, "name", None)
-        detail = f" (missing module {missing!r})" if missing and missing != "yolov5" else ""
-        raise ImportError(
-            f"YOLOv5Adapter needs the YOLOv5 model classes from the yolov5 package{detail}: {_INSTALL_HINT}"
-        ) from exc
-    return yolo
+def load_yolov5(path: str | Path, device: str | torch.device | None = None, trust: bool = False) -> nn.Module:
+    """The float32, eval-mode ``DetectionModel`` of an original YOLOv5 checkpoint (EMA weights when present).
 
+    Loaded with the YOLOv5 allow-list of :func:`~dsxai.adapters.checkpoint.load_checkpoint`; ``trust=True``
+    allows full pickle loading (the file may run code).
 
-class _Unpickler(pickle.Unpickler):
-    """Resolves the YOLOv5 repository's top-level ``models`` / ``utils`` packages inside ``yolov5``."""
-
-    def find_class(self, module: str, name: str):
-        if module.split(".")[0] in ("models", "utils"):
-            module = f"yolov5.{module}"
-        return super().find_class(module, name)
-
-
-_PICKLE = types.ModuleType("dsxai_yolov5_pickle")
-_PICKLE.Unpickler = _Unpickler
-_PICKLE.load = lambda file, **kwargs: _Unpickler(file, **kwargs).load()
-_PICKLE.__dict__["dump"] = pickle.dump
-
-
-def load_yolov5(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
-    """The float32 ``DetectionModel`` of an original YOLOv5 checkpoint (EMA weights when present)."""
-    _import_yolov5()
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the pickle names something outside the allow-list (nothing was run).
+        ValueError: not a YOLOv5 checkpoint, or damaged.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected {_EXPECTED})")
     if path.suffix.lower() != ".pt":
         raise ValueError(f"{path} has suffix {path.suffix!r}; expected {_EXPECTED}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"cannot load {path}: its pickle needs module {exc.name!r}; expected {_EXPECTED}") from exc
-    except Exception as exc:  # truncated zip, not a pickle, ...
-        raise ValueError(
-            f"cannot load {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}); "
-            f"the file is damaged or not a PyTorch checkpoint; expected {_EXPECTED}"
-        ) from exc
-    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
+        if checkpoint_family(path) == "ultralytics":
+            raise ValueError(f"{path} is an Ultralytics YOLOv8/11 checkpoint; use UltralyticsAdapter "
+                             "(or dsxai.adapters.load)")
+        ckpt = load_checkpoint(path, "yolov5", trust=trust)
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected {_EXPECTED}") from None
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
     if not isinstance(model, nn.Module):
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} holds no model (found {keys}); expected {_EXPECTED}")
-    model = model.float()
+    model = model.float().eval()
+    for module in model.modules():  # attributes newer torch versions expect on modules pickled by older ones
+        if isinstance(module, nn.Upsample) and not hasattr(module, "recompute_scale_factor"):
+            module.recompute_scale_factor = None
     return model.to(device) if device is not None else model
 
 
@@ -117,6 +93,7 @@ class YOLOv5Adapter(Adapter):
         rect: letterbox to ``imgsz`` and pad only up to a multiple of the stride
             (default, as YOLOv5's detect.py); ``False`` pads to ``imgsz`` exactly.
         device: where to put a model loaded from a path.
+        trust: load the checkpoint with full pickle (it may run code); default: the allow-list.
 
     Default layers: the three inputs of the ``Detect`` layer (P3, P4, P5; e.g.
     ``model.17``, ``model.20``, ``model.23``): small objects are predicted from P3
@@ -125,9 +102,9 @@ class YOLOv5Adapter(Adapter):
     """
 
     def __init__(self, model: Any, imgsz: int | Sequence[int] = 640, rect: bool = True,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, trust: bool = False):
         if isinstance(model, (str, Path)):
-            net = load_yolov5(model, device)
+            net = load_yolov5(model, device, trust=trust)
         elif isinstance(model, nn.Module):
             net = _unwrap(model)
         else:

@@ -419,7 +419,8 @@ def _find_images(images: Any) -> list[tuple[str, Any, str | None]]:
     return out
 
 
-def _load_adapter(model: Any, arch: str | None, device: str | None, options: dict[str, Any]):
+def _load_adapter(model: Any, arch: str | None, device: str | None, options: dict[str, Any],
+                  trust: bool = False):
     from .adapter import Adapter
 
     if isinstance(model, Adapter):
@@ -431,12 +432,12 @@ def _load_adapter(model: Any, arch: str | None, device: str | None, options: dic
 
         if model.lower().replace("_", "-") in ZOO_MODELS:
             try:
-                return load_adapter(model, device=device, **options)
+                return load_adapter(model, device=device, trust=trust, **options)
             except FileNotFoundError as exc:
                 raise FileNotFoundError(" ".join(str(exc).split())) from None
     from dsxai.adapters import load
 
-    return load(model, arch=arch, device=device, **options)
+    return load(model, arch=arch, device=device, trust=trust, **options)
 
 
 def audit_layers(adapter: Any) -> list[str]:
@@ -611,7 +612,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
           resume: bool = False, arch: str | None = None, ring_px: float = RING_PX, ring_frac: float = RING_FRAC,
           max_outside: float = MAX_OUTSIDE, min_confidence: float = MIN_CONFIDENCE, min_iou: float = MIN_IOU,
           conf: float | None = None, thumbnails: str = "flagged", progress: bool = True,
-          adapter_options: dict[str, Any] | None = None) -> AuditResult:
+          adapter_options: dict[str, Any] | None = None, trust: bool = False) -> AuditResult:
     """Audit every predicted mask of ``images``: evidence inside / around / outside, pointing, confidence,
     agreement with ground truth, flags with reasons and a score (see the module doc).
 
@@ -640,6 +641,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         thumbnails: "flagged" (default), "all" or "none": which masks get a thumbnail PNG.
         progress: show a tqdm progress bar on stderr.
         adapter_options: passed to the adapter when the audit builds it (e.g. ``{"imgsz": 640}``).
+        trust: load a checkpoint path with full pickle, which can run code from the file (warns).
 
     Raises:
         FileNotFoundError / ValueError: bad inputs found before any work (no images, a missing masks folder
@@ -674,7 +676,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         if len(mask_list) != len(items):
             raise ValueError(f"masks has {len(mask_list)} entries for {len(items)} images; give one per image "
                              "(None for an image without ground truth)")
-    adapter = _load_adapter(model, arch, device, dict(adapter_options or {}))
+    adapter = _load_adapter(model, arch, device, dict(adapter_options or {}), trust)
     task = getattr(adapter, "task", "detect")
     if task == "detect":
         raise ValueError(f"{type(adapter).__name__} wraps a detector without masks; the audit needs a semantic "

@@ -280,9 +280,11 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 1000,
 # ----------------------------------------------------------------------------------------------- models
 
 
-def load_bench_adapter(model: Any, arch: str | None = None, device: str | None = None, imgsz: int | None = None):
+def load_bench_adapter(model: Any, arch: str | None = None, device: str | None = None, imgsz: int | None = None,
+                       trust: bool = False):
     """The adapter for ``model``: an Adapter as is, a shipped zoo name (``"shapes-yolo"``, see
     :data:`dsxai.zoo.ZOO_MODELS`), or a checkpoint path / model object through :func:`dsxai.adapters.load`.
+    ``trust``: full-pickle checkpoint loading (see :func:`dsxai.adapters.load`).
     Raises :class:`BenchError` for a model without per-box targets (semantic segmenters)."""
     from . import zoo
     from .adapter import Adapter
@@ -292,9 +294,9 @@ def load_bench_adapter(model: Any, arch: str | None = None, device: str | None =
     if isinstance(model, Adapter):
         adapter = model
     elif isinstance(model, str) and model.lower().replace("_", "-") in (*zoo.ZOO_MODELS, "shapes-yolov8"):
-        adapter = zoo.load_adapter(model, device=device, **options)
+        adapter = zoo.load_adapter(model, device=device, trust=trust, **options)
     else:
-        adapter = load(model, arch=arch, device=device, **options)
+        adapter = load(model, arch=arch, device=device, trust=trust, **options)
     if getattr(adapter, "task", "detect") == "segment":
         raise BenchError(f"{type(adapter).__name__} is a semantic segmenter: the localization benchmark needs a "
                          "detector (per-box targets), e.g. a YOLO or torchvision detection checkpoint")
@@ -467,7 +469,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   arch: str | None = None, faithfulness: bool | None = None, steps: int = 20,
                   tolerance: float = 15.0, threshold: float = 0.5, match_iou: float = 0.5, conf: float = 0.25,
                   explain_model: nn.Module | None = None, gallery: int = 2, progress: bool = True,
-                  ) -> dict[str, Any]:
+                  trust: bool = False) -> dict[str, Any]:
     """Run the localization benchmark and write its outputs to ``out``; returns the ``results.json`` dict.
 
     Args:
@@ -488,6 +490,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
         explain_model: compute the maps with this module (same architecture as the adapter's model, e.g.
             :func:`randomized_copy`) while detections come from the adapter's model.
         gallery: best and worst pairs per method shown in the gallery (0 = no gallery).
+        trust: load a checkpoint path with full pickle, which can run code from the file (warns).
     """
     from .methods import get_method
 
@@ -510,7 +513,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
         if not isinstance(class_map, dict):
             raise BenchError(f"class map {cm_path} must be a JSON object {{model_class: coco_category_name}}")
     gt = load_coco(annotations, images)
-    adapter = load_bench_adapter(model, arch=arch, device=device, imgsz=imgsz)
+    adapter = load_bench_adapter(model, arch=arch, device=device, imgsz=imgsz, trust=trust)
     class_to_cat = map_classes(adapter.class_names, gt.categories, class_map)
     if categories:
         wanted = {_norm(c) for c in categories}

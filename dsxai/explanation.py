@@ -323,7 +323,7 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
             layers: Sequence[str] | str | None = None, targets: str | None = None, conf: float | None = None,
             classes: Sequence[int | str] | int | str | None = None, max_dets: int | None = None,
             device: str | torch.device | None = None, batch_size: int = 4,
-            adapter_options: dict[str, Any] | None = None, **options: Any) -> Explanation:
+            adapter_options: dict[str, Any] | None = None, trust: bool = False, **options: Any) -> Explanation:
     """Detections and one heatmap per detection (or mask) for each image.
 
     Args:
@@ -344,6 +344,8 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
         batch_size: images explained per forward/backward (memory stays bounded).
         adapter_options: passed to ``dsxai.adapters.load`` when it builds the adapter
             (e.g. ``{"imgsz": 1280}`` for YOLO, ``{"arch": "smp:Unet:resnet34"}``).
+        trust: load a checkpoint path with full pickle, which can run code from the file (warns);
+            by default only allow-listed classes are unpickled.
         **options: method options (``noise_samples``, ``hflip``, ``chunk_size``, ...) and target
             options of the adapter (``iou``, ``min_area``, ``per``, ...), told apart by name.
     """
@@ -358,7 +360,7 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
     else:
         from dsxai.adapters import load
 
-        adapter = load(model_or_adapter, device=device, **(adapter_options or {}))
+        adapter = load(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
     targets = targets or adapter.default_targets
     method = method or DEFAULT_METHOD.get(task, "layercam")

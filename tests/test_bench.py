@@ -221,7 +221,6 @@ def test_real_coco_ten_images(which, tmp_path):
     pytest.importorskip("ultralytics")
     coco = SHARED / "coco_subset"
     if which == "yolov5n":
-        pytest.importorskip("yolov5")
         model, class_map = SHARED / "weights" / "yolov5n_coco" / "yolov5n.pt", None
     else:
         model = SHARED / "weights" / "yolov8s_fall_ultralytics" / "best.pt"

@@ -5,8 +5,10 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -115,14 +117,8 @@ def test_real_checkpoints_by_path():
     pytest.importorskip("ultralytics")
     yolov8 = load(SHARED / "yolov8s_fall_ultralytics" / "best.pt")
     assert type(yolov8).__name__ == "UltralyticsAdapter"
-    try:
-        import yolov5  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="yolov5"):
-            load(SHARED / "yolov5n_coco" / "yolov5n.pt")
-    else:
-        yolov5_adapter = load(SHARED / "yolov5n_coco" / "yolov5n.pt")
-        assert type(yolov5_adapter).__name__ == "YOLOv5Adapter" and len(yolov5_adapter.class_names) == 80
+    yolov5_adapter = load(SHARED / "yolov5n_coco" / "yolov5n.pt")  # no yolov5 package needed
+    assert type(yolov5_adapter).__name__ == "YOLOv5Adapter" and len(yolov5_adapter.class_names) == 80
 
 
 def test_layers_command(capsys):
@@ -142,3 +138,48 @@ def test_layers_command_errors(tmp_path, capsys):
     torch.save({"w": torch.zeros(2)}, path)
     assert main(["layers", str(path)]) == 2
     assert "--arch" in capsys.readouterr().err
+
+
+def _tiny_yolov5(path: Path) -> nn.Module:
+    """A small YOLOv5-layout model saved so that its pickle names ``models.common`` / ``models.yolo``, as an
+    original YOLOv5 checkpoint does (legacy format: its GLOBAL opcodes are plain text lines)."""
+    from dsxai.adapters import yolov5_modules as v5
+
+    torch.manual_seed(0)
+    layers = [v5.Conv(3, 8, 3, 2), v5.Conv(8, 16, 3, 2), v5.Conv(16, 16, 3, 2), v5.C3(16, 16),
+              v5.Conv(16, 32, 3, 2), v5.SPPF(32, 32),
+              v5.Detect(3, ((10, 13, 16, 30), (30, 61, 62, 45)), (16, 32))]
+    for i, m in enumerate(layers):
+        m.i, m.f = i, ([3, 5] if i == 6 else -1)
+    net = v5.Model(layers, save=[3, 5], names=["disc", "square", "ring"]).eval()
+    head = net.model[-1]
+    head.stride = torch.tensor([8.0, 16.0])
+    head.anchors /= head.stride.view(-1, 1, 1)
+    torch.save({"model": net, "epoch": -1}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    for name in ("Model", "Detect"):
+        data = data.replace(f"cdsxai.adapters.yolov5_modules\n{name}\n".encode(), f"cmodels.yolo\n{name}\n".encode())
+    data = data.replace(b"cdsxai.adapters.yolov5_modules\n", b"cmodels.common\n")
+    assert b"dsxai" not in data
+    path.write_bytes(data)
+    return net
+
+
+def test_yolov5_layout_checkpoint_without_the_yolov5_package(tmp_path):
+    """A pickle naming models.yolo.Model / models.common.C3 loads onto dsxai's classes, with the same output."""
+    pytest.importorskip("ultralytics")
+    from dsxai.adapters.checkpoint import checkpoint_family
+
+    path = tmp_path / "tiny_yolov5.pt"
+    net = _tiny_yolov5(path)
+    assert checkpoint_family(path) == "yolov5"
+    adapter = load(path, imgsz=64)
+    assert type(adapter).__name__ == "YOLOv5Adapter" and adapter.default_layers == ["model.3", "model.5"]
+    assert adapter.class_names == {0: "disc", 1: "square", 2: "ring"}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref, got = net(x), adapter.model(x)
+    assert ref[0].shape == (1, 2 * (8 * 8 + 4 * 4), 8) and torch.allclose(ref[0], got[0], atol=1e-6)
+    dets, maps = adapter.explain(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8),
+                                 method="gradcam", conf=0.0, max_dets=3)
+    assert len(dets[0]) == 3 and maps[0].shape == (3, 64, 64)

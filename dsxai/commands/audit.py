@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_trust_flag, trust_checkpoint
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from ..audit import MAX_OUTSIDE, MIN_CONFIDENCE, MIN_IOU, RING_FRAC, RING_PX
@@ -49,6 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "it already holds")
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
                         "smp:Unet:resnet34")
+    add_trust_flag(parser)
     parser.set_defaults(run=run)
 
 
@@ -75,7 +78,7 @@ def _audit(args: argparse.Namespace, classes, layers):
                  layers=layers, classes=classes, min_area=args.min_area, device=args.device, resume=args.resume,
                  arch=args.arch, ring_px=args.ring_px, ring_frac=args.ring_frac, max_outside=args.max_outside,
                  min_confidence=args.min_confidence, min_iou=args.min_iou, conf=args.conf,
-                 thumbnails=args.thumbnails)
+                 thumbnails=args.thumbnails, trust=trust_checkpoint(args))
 
 
 def _summary(result) -> int:

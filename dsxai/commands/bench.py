@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import add_trust_flag, trust_checkpoint
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -39,6 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "(model defaults to shapes-yolo)")
     parser.add_argument("--scenes", type=int, default=24, help="scenes of --synthetic (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_flag(parser)
     parser.set_defaults(run=run)
 
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         model, annotations, images, out, methods=args.methods.split(","), limit=args.limit,
         categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
         imgsz=args.imgsz, arch=args.arch, faithfulness=faithfulness, steps=args.steps, conf=args.conf,
-        gallery=args.gallery, progress=not args.no_progress,
+        gallery=args.gallery, progress=not args.no_progress, trust=trust_checkpoint(args),
     )
     c = results["counts"]
     print(f"{c['images_ok']} images ({c['images_failed']} failed), {c['matched']} pairs, "

@@ -13,6 +13,8 @@ import glob
 import sys
 from pathlib import Path
 
+from . import add_trust_flag, trust_checkpoint
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -40,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     parser.add_argument("--colormap", default="jet", help="OpenCV or matplotlib colormap name (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)")
+    add_trust_flag(parser)
     parser.set_defaults(run=run)
 
 
@@ -79,20 +82,20 @@ def _stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def load_model(model: str, arch: str | None, imgsz: int | None, device: str | None):
+def load_model(model: str, arch: str | None, imgsz: int | None, device: str | None, trust: bool = False):
     """A zoo name or a checkpoint path -> adapter (``imgsz`` only for models that take it)."""
     from ..zoo import ZOO_MODELS, load_adapter
 
     options = {} if imgsz is None else {"imgsz": imgsz}
     if model.lower().replace("_", "-") in ZOO_MODELS:
         try:
-            return load_adapter(model, device=device, **options)
+            return load_adapter(model, device=device, trust=trust, **options)
         except FileNotFoundError as exc:  # one line: the message holds the re-train command on its own line
             raise FileNotFoundError(" ".join(str(exc).split())) from None
     from dsxai.adapters import load
 
     try:
-        return load(model, arch=arch, device=device, **options)
+        return load(model, arch=arch, device=device, trust=trust, **options)
     except TypeError as exc:
         if imgsz is not None and "imgsz" in str(exc):
             raise ValueError(f"--imgsz applies to YOLO models only; {model} takes its own input size") from None
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_dets is not None and args.max_dets < 1:
         raise CommandError(f"--max-dets must be at least 1, got {args.max_dets}")
     paths = find_images(args.images)
-    adapter = load_model(args.model, args.arch, args.imgsz, args.device)
+    adapter = load_model(args.model, args.arch, args.imgsz, args.device, trust_checkpoint(args))
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     if layers is not None:
         resolve_layers(adapter.model, layers)

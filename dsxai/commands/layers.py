@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_trust_flag, trust_checkpoint
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("layers", help="list a model's candidate target layers with output shapes")
@@ -11,6 +13,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "fasterrcnn_resnet50_fpn or smp:Unet:resnet34")
     parser.add_argument("--imgsz", type=int, default=320, help="example input side used to trace shapes")
     parser.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
+    add_trust_flag(parser)
     parser.set_defaults(run=run)
 
 
@@ -22,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
     # YOLO checkpoints letterbox to their own imgsz; give them the example's size
     yolo_like = args.arch is None and args.model.lower().endswith((".pt", ".yaml", ".yml"))
-    adapter = load(args.model, arch=args.arch, **({"imgsz": args.imgsz} if yolo_like else {}))
+    adapter = load(args.model, arch=args.arch, trust=trust_checkpoint(args),
+                   **({"imgsz": args.imgsz} if yolo_like else {}))
     batch = adapter.preprocess(np.full((args.imgsz, args.imgsz, 3), 114, np.uint8))
     defaults = set(adapter.default_layers)
     print(f"{'layer':40s} {'type':24s} output shape")

@@ -128,10 +128,13 @@ def save_state_dict_fp16(model, path: str | os.PathLike, meta: dict[str, Any] | 
 
 
 def load_state_dict_fp32(model, path: str | os.PathLike) -> dict[str, Any]:
-    """Load a :func:`save_state_dict_fp16` file into ``model`` (as float32); return its ``meta``."""
-    import torch
+    """Load a :func:`save_state_dict_fp16` file into ``model`` (as float32); return its ``meta``.
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    Read with the allow-listed unpickler (tensors and containers only), so a replaced file cannot run code.
+    """
+    from dsxai.adapters.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, "state_dict")
     ref = model.state_dict()
     sd = {k: (v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(sd, strict=True)
@@ -368,12 +371,14 @@ def miou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 ZOO_MODELS: tuple[str, ...] = ("shapes-yolo", "shapes-yolo-seg", "shapes-fasterrcnn", "shapes-unet")
 
 
-def load_adapter(name: str, device: str | None = None, **options: Any):
+def load_adapter(name: str, device: str | None = None, trust: bool = False, **options: Any):
     """The dsxai adapter of a shipped shapes-world model, with the preprocessing it was trained with.
 
     ``name``: one of :data:`ZOO_MODELS`. ``options`` go to the adapter (e.g. ``imgsz`` for the YOLO models,
-    default 256). Raises ValueError for an unknown name and FileNotFoundError (with the re-train command)
-    when the checkpoint is missing.
+    default 256). The checkpoints are read with the allow-listed unpickler; ``trust=True`` (full pickle)
+    matters only for a YOLO checkpoint replaced by a re-trained one holding classes outside the list.
+    Raises ValueError for an unknown name (UnsafeCheckpointError for a refused checkpoint) and
+    FileNotFoundError (with the re-train command) when the checkpoint is missing.
     """
     key = str(name).lower().replace("_", "-")
     class_names = {i + 1: n for i, n in enumerate(SHAPES_CLASSES)}
@@ -382,7 +387,7 @@ def load_adapter(name: str, device: str | None = None, **options: Any):
 
         path = shapes_yolov8_seg_path() if key.endswith("-seg") else shapes_yolov8_path()
         options.setdefault("imgsz", IMAGE_SIZE)
-        return UltralyticsAdapter(str(path), device=device, **options)
+        return UltralyticsAdapter(str(path), device=device, trust=trust, **options)
     if key == "shapes-fasterrcnn":
         from dsxai.adapters.torchvision_detection import TorchvisionDetectionAdapter
 

@@ -135,6 +135,7 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     """Re-save a stripped Ultralytics checkpoint without machine-specific extras (paths, git info, results)."""
     import torch
 
+    # full pickle is acceptable here: src is the last.pt this process's own training run just wrote
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     keep = {k: ckpt[k] for k in ("model", "date", "version", "license", "docs", "epoch") if k in ckpt}
     args = dict(ckpt.get("train_args") or {})
