@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .journal import append_json_line, read_json_lines
+from .runs import append_json_line, read_json_lines
 
 __all__ = [
     "audit", "AuditResult", "mask_figures", "audit_layers", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",

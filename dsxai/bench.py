@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from . import metrics as M
 from .detections import Detections
-from .journal import append_json_line, read_json_lines
+from .runs import append_json_line, read_json_lines
 from .metrics import BASELINES, baseline_maps
 
 __all__ = [
