@@ -10,7 +10,9 @@ One home for the rules every command follows so that outputs never destroy input
 * :func:`check_output_folder` refuses an output folder that overlaps the inputs; :func:`unique_stems` gives
   collision-free output names for a whole input set; :func:`safe_name` / :func:`inside` keep names read from
   files inside their folder.
-* :func:`read_json` reads a finished JSON file and names the file when it is torn.
+* :func:`read_json` reads a finished JSON file and names the file when it is torn; :func:`write_manifest`
+  lists exactly the files of one run and removes what the previous run in that folder listed and no longer
+  writes (one run per folder).
 
 It imports nothing from the rest of dsxai, so the core (render, explanation) and the tools can all use it.
 """
@@ -25,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 __all__ = [
     "write_atomic", "read_json", "read_json_lines", "append_json_line", "rewrite_json_lines", "journal_path",
-    "check_output_folder", "unique_stems", "safe_name", "inside",
+    "check_output_folder", "unique_stems", "safe_name", "inside", "manifest_files", "write_manifest",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -249,3 +251,45 @@ def check_output_folder(out: str | os.PathLike, inputs: Iterable[str | os.PathLi
             continue
         if folder == out_real or folder in out_real.parents or out_real in folder.parents:
             refuse("overlaps the input folder", Path(item))
+
+
+# ----------------------------------------------------------------------------------------------- manifests
+
+
+def manifest_files(path: str | os.PathLike) -> list[str]:
+    """The safe names a manifest written by :func:`write_manifest` lists; ``[]`` when there is none.
+
+    A torn manifest raises ValueError naming it; a listed name that is not safe is dropped, so a tampered
+    manifest can never make a later run delete or read anything outside its folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    doc = read_json(path)
+    files = doc.get("files") if isinstance(doc, dict) else None
+    names = []
+    for name in files if isinstance(files, list) else []:
+        try:
+            names.append(safe_name(name))
+        except ValueError:
+            continue
+    return names
+
+
+def write_manifest(folder: str | os.PathLike, name: str, doc: dict[str, Any], files: Iterable[str]) -> Path:
+    """Write ``doc`` plus ``"files"`` (the run's files, relative to ``folder``) as ``folder / name``, then
+    delete the files the previous manifest there listed that this run did not write.
+
+    Only files our own earlier manifest listed are ever deleted (regular files inside ``folder``), so a
+    rerun into the same folder leaves exactly one run's files, and nothing the user put there is touched.
+    """
+    folder = Path(folder)
+    path = folder / safe_name(name)
+    keep = sorted({safe_name(f) for f in files} - {name})
+    old = manifest_files(path)
+    write_atomic(path, json.dumps({**doc, "files": keep}, indent=2) + "\n")
+    for stale in sorted(set(old) - set(keep) - {name}):
+        target = folder / stale
+        if target.is_file() and not target.is_symlink() and inside(folder, target):
+            target.unlink()
+    return path
