@@ -110,3 +110,20 @@ def test_output_folder_overlapping_the_inputs_is_refused(tmp_path):
         with pytest.raises(ValueError, match=str(images)):
             runs.check_output_folder(out, scanned=[images])
     runs.check_output_folder(tmp_path, [picture], scanned=[images], own=[images])  # the run's own data
+
+
+def test_manifest_removes_only_what_it_listed(tmp_path):
+    out = tmp_path / "out"
+    for name in ("a.png", "b.png", "keep.txt"):
+        runs.write_atomic(out / name, name)
+    (tmp_path / "victim").write_text("precious")
+    runs.write_manifest(out, "manifest.json", {"format": "x"}, ["a.png", "b.png"])
+    doc = runs.read_json(out / "manifest.json")
+    (out / "manifest.json").write_text(runs.json.dumps({**doc, "files": doc["files"] + ["../victim", "/etc/x"]}))
+    runs.write_manifest(out, "manifest.json", {"format": "x"}, ["a.png"])
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "keep.txt", "manifest.json"]
+    assert (tmp_path / "victim").read_text() == "precious"
+    assert runs.manifest_files(out / "manifest.json") == ["a.png"]
+    (out / "manifest.json").write_text('{"files": ["a.p')
+    with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
+        runs.write_manifest(out, "manifest.json", {}, ["a.png"])
