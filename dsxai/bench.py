@@ -498,7 +498,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     from .methods import get_method
 
     out = Path(out)
-    check_output_folder(out, [annotations], scanned=[images], own=[out / SYNTHETIC_DIR])
+    check_output_folder(out, [a for a in (annotations,) if isinstance(a, (str, Path))],
+                        scanned=[i for i in (images,) if isinstance(i, (str, Path))], own=[out / SYNTHETIC_DIR])
     out.mkdir(parents=True, exist_ok=True)
     methods = [str(m).strip().lower() for m in methods if str(m).strip()]
     if not methods:

@@ -270,13 +270,14 @@ def check_stem(stem: str) -> str:
 
 
 def write_index(directory: str | Path, stems: Sequence[str], settings: dict[str, Any],
-                files: Sequence[str | Path]) -> Path:
+                files: Sequence[str | Path], complete: bool = True) -> Path:
     """Write ``explanation.json`` (format, stems, settings, exactly the run's ``files``) into ``directory``
-    and remove the files an earlier run's index listed that this run did not write."""
+    and remove the files an earlier run's index listed that this run did not write (kept, when the run
+    stopped early: ``complete=False``; see :func:`dsxai.runs.write_manifest`)."""
     directory = Path(directory)
     names = [Path(f).name for f in files]
     doc = {"format": _FORMAT, "stems": [check_stem(s) for s in stems], "settings": _jsonable(settings)}
-    return write_manifest(directory, INDEX, doc, names)
+    return write_manifest(directory, INDEX, doc, names, complete=complete)
 
 
 def _read_index(directory: Path) -> tuple[list[str], set[str] | None, dict[str, Any]]:

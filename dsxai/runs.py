@@ -256,8 +256,8 @@ def check_output_folder(out: str | os.PathLike, inputs: Iterable[str | os.PathLi
 # ----------------------------------------------------------------------------------------------- manifests
 
 
-def manifest_files(path: str | os.PathLike) -> list[str]:
-    """The safe names a manifest written by :func:`write_manifest` lists; ``[]`` when there is none.
+def manifest_files(path: str | os.PathLike, key: str = "files") -> list[str]:
+    """The safe names a manifest written by :func:`write_manifest` lists under ``key``; ``[]`` without one.
 
     A torn manifest raises ValueError naming it; a listed name that is not safe is dropped, so a tampered
     manifest can never make a later run delete or read anything outside its folder.
@@ -266,7 +266,7 @@ def manifest_files(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         return []
     doc = read_json(path)
-    files = doc.get("files") if isinstance(doc, dict) else None
+    files = doc.get(key) if isinstance(doc, dict) else None
     names = []
     for name in files if isinstance(files, list) else []:
         try:
@@ -276,20 +276,24 @@ def manifest_files(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def write_manifest(folder: str | os.PathLike, name: str, doc: dict[str, Any], files: Iterable[str]) -> Path:
+def write_manifest(folder: str | os.PathLike, name: str, doc: dict[str, Any], files: Iterable[str], *,
+                   complete: bool = True) -> Path:
     """Write ``doc`` plus ``"files"`` (the run's files, relative to ``folder``) as ``folder / name``, then
     delete the files the previous manifest there listed that this run did not write.
 
     Only files our own earlier manifest listed are ever deleted (regular files inside ``folder``), so a
     rerun into the same folder leaves exactly one run's files, and nothing the user put there is touched.
+    ``complete=False`` (a run that stopped early) deletes nothing: the earlier run's files it did not
+    rewrite are kept, listed under ``"stale"``, and the next complete run removes them.
     """
     folder = Path(folder)
     path = folder / safe_name(name)
     keep = sorted({safe_name(f) for f in files} - {name})
-    old = manifest_files(path)
-    write_atomic(path, json.dumps({**doc, "files": keep}, indent=2) + "\n")
-    for stale in sorted(set(old) - set(keep) - {name}):
-        target = folder / stale
+    old = set(manifest_files(path)) | set(manifest_files(path, "stale"))
+    stale = sorted(old - set(keep) - {name})
+    write_atomic(path, json.dumps({**doc, "files": keep, **({} if complete else {"stale": stale})}, indent=2) + "\n")
+    for leftover in stale if complete else []:
+        target = folder / leftover
         if target.is_file() and not target.is_symlink() and inside(folder, target):
             target.unlink()
     return path

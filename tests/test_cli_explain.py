@@ -189,3 +189,25 @@ def test_unknown_zoo_name_and_missing_zoo_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="re-train"):
         zoo.load_adapter("shapes-unet")
+
+
+def test_a_run_that_fails_midway_keeps_the_earlier_results(pictures, tmp_path, capsys, monkeypatch):
+    import dsxai.explanation as module
+
+    out = tmp_path / "out"
+    assert _run(capsys, *RANDOM_YOLO, pictures[0], pictures[1], *TINY, "--out", out)[0] == 0
+    before = sorted(p.name for p in out.iterdir())
+    original, calls = module.explain, []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "explain", fails_second)
+    code, _, err = _run(capsys, *RANDOM_YOLO, pictures[0], pictures[1], *TINY, "--method", "hirescam", "--out", out)
+    assert code == 2 and "out of memory" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of the earlier run was deleted
+    back = Explanation.load(out)
+    assert len(back) == 1 and back.settings["method"] == "hirescam"  # the index lists what this run finished

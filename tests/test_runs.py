@@ -127,3 +127,15 @@ def test_manifest_removes_only_what_it_listed(tmp_path):
     (out / "manifest.json").write_text('{"files": ["a.p')
     with pytest.raises(ValueError, match="manifest.json is not valid JSON"):
         runs.write_manifest(out, "manifest.json", {}, ["a.png"])
+
+
+def test_a_run_that_stopped_early_deletes_nothing(tmp_path):
+    for name in ("a.png", "b.png"):
+        runs.write_atomic(tmp_path / name, name)
+    runs.write_manifest(tmp_path, "m.json", {}, ["a.png", "b.png"])
+    runs.write_atomic(tmp_path / "c.png", "c")
+    runs.write_manifest(tmp_path, "m.json", {}, ["c.png"], complete=False)  # killed after one image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png", "m.json"]
+    assert runs.manifest_files(tmp_path / "m.json") == ["c.png"]
+    runs.write_manifest(tmp_path, "m.json", {}, ["c.png"])  # the next complete run removes the leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "m.json"]

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
         if done:  # the index lists exactly this run's files, also when it stopped early
             settings["images"] = {stem: str(path) for stem, path in zip(done, paths)}
-            write_index(out, done, settings, written)
+            write_index(out, done, settings, written, complete=len(done) == len(paths))
     print(f"explained {total} detection(s) in {len(paths)} image(s) with "
           f"{method}; wrote {out}")
     return 0
