@@ -144,14 +144,17 @@ def rewrite_json_lines(path: str | os.PathLike, records: Iterable[dict[str, Any]
 
 
 def journal_path(out: str | os.PathLike, name: str) -> Path:
-    """``out / name`` for a journal; ValueError when it is a symlink leading out of ``out``.
+    """``out / name`` for a journal; ValueError when it is a symlink (or not a file).
 
-    A journal is appended to and rewritten: following a planted link would write outside the output folder.
+    A journal is read, appended to and rewritten: following a planted link could write outside the output
+    folder, so no link is followed, wherever it points.
     """
     path = Path(out) / safe_name(name)
-    if path.is_symlink() and not inside(Path(out), os.path.realpath(path)):
-        raise ValueError(f"journal {path} is a symlink to {os.path.realpath(path)}, outside {out}; "
+    if path.is_symlink():
+        raise ValueError(f"journal {path} is a symlink (to {os.path.realpath(path)}); refusing to follow it: "
                          "delete it or use another output folder")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"journal {path} is not a file; delete it or use another output folder")
     return path
 
 

@@ -74,6 +74,9 @@ def test_symlinked_journal_out_of_the_folder_is_refused(tmp_path):
         runs.append_json_line(out / "audit.jsonl", {"a": 1})
     assert elsewhere.read_text() == "precious\n"
     assert runs.journal_path(out, "other.jsonl") == out / "other.jsonl"
+    (out / "inner.jsonl").symlink_to(out / "other.jsonl")  # no link is followed, wherever it points
+    with pytest.raises(ValueError, match="symlink"):
+        runs.journal_path(out, "inner.jsonl")
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "", "a\x00b", "..", "a\\b", "C:x"])
