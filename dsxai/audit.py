@@ -45,8 +45,12 @@ it cannot show context. Other models use their adapter's default layers; ``layer
 
 With ``out``, the audit writes there ``audit.jsonl`` (a journal: one JSON line per image, appended as soon
 as the image is done; ``resume=True`` skips the images it already holds), ``audit.json``, ``audit.csv``
-(one row per mask), ``report.html`` (self-contained, sortable table) and ``thumbs/*.png`` (the flagged
-masks: image with the mask outline, and the map with the mask outline and its ring).
+(one row per mask), ``report.html`` (self-contained, sortable table), ``thumbs/*.png`` (the flagged
+masks: image with the mask outline, and the map with the mask outline and its ring) and ``manifest.json``
+(exactly this run's files: a rerun into the same folder removes the earlier run's thumbnails). ``out`` must
+not hold or contain an input, nor overlap the images or masks folder. Journal records are keyed by the
+image file's resolved path; image names are unique over the whole input set (``d1/a.png``, ``d2/a.png`` ->
+``d1__a``, ``d2__a``).
 """
 from __future__ import annotations
 
@@ -67,7 +71,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .journal import append_json_line, read_json_lines
+from .runs import (append_json_line, check_output_folder, journal_path, read_json_lines, rewrite_json_lines,
+                   unique_stems, write_manifest)
 
 __all__ = [
     "audit", "AuditResult", "mask_figures", "audit_layers", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",
@@ -83,6 +88,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _WEIGHTS = {"outside": 0.4, "confidence": 0.2, "iou": 0.3, "pointing": 0.1}
 _FORMAT = "dsxai.audit/2"  # 2: rings at least one cell of the explained layer wide
 JOURNAL, JSON_FILE, CSV_FILE, HTML_FILE, THUMBS = "audit.jsonl", "audit.json", "audit.csv", "report.html", "thumbs"
+MANIFEST = "manifest.json"
 
 #: columns of audit.csv (one row per mask)
 CSV_COLUMNS = (
@@ -407,16 +413,10 @@ def _find_images(images: Any) -> list[tuple[str, Any, str | None]]:
         items = list(images)
         if not items:
             raise ValueError("no images to audit")
-    out, seen = [], {}
-    for k, item in enumerate(items):
-        if isinstance(item, (str, Path)):
-            stem, path = Path(item).stem, str(item)
-        else:
-            stem, path = f"image_{k:04d}", None
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        out.append((stem if n == 1 else f"{stem}_{n}", item, path))
-    return out
+    # names unique over the whole set (d1/a.png, d2/a.png -> d1__a, d2__a): they name thumbnails and rows
+    paths = [str(item) if isinstance(item, (str, Path)) else None for item in items]
+    names = unique_stems([p if p is not None else f"image_{k:04d}" for k, p in enumerate(paths)])
+    return list(zip(names, items, paths))
 
 
 def _load_adapter(model: Any, arch: str | None, device: str | None, options: dict[str, Any],
@@ -599,6 +599,25 @@ def _read_journal(path: Path) -> tuple[dict | None, list[dict]]:
     return settings, [item for item in items if item.get("kind") == "image"]
 
 
+def _key(name: str, path: str | None) -> str:
+    """What a journal record is keyed by: the image file's resolved path (an array: its name).
+
+    Why not the name: names depend on the whole input set, so a resume with other inputs could give
+    another image's record the same name and attribute its masks to the wrong image.
+    """
+    return str(Path(path).resolve()) if path is not None else f"array:{name}"
+
+
+def _check_out(out_dir: Path, images: Any, items: list, mask_dir: Path | None, coco: Any) -> None:
+    """ValueError when ``out`` overlaps the inputs: the images (and a folder given as images), the masks
+    folder, the COCO file (see :func:`dsxai.runs.check_output_folder`)."""
+    files = [path for _, _, path in items if path is not None]
+    if isinstance(coco, (str, Path)):
+        files.append(str(coco))
+    scanned = [p for p in (images, mask_dir) if isinstance(p, (str, Path)) and Path(p).is_dir()]
+    check_output_folder(out_dir, files, scanned=scanned)
+
+
 _SAME_SETTINGS = ("format", "model", "method", "layers", "targets", "ring_px", "ring_frac", "min_area",
                   "classes", "thresholds", "ground_truth")
 
@@ -727,8 +746,9 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
     done: dict[str, dict] = {}
     journal = None
     if out_dir is not None:
+        _check_out(out_dir, images, items, mask_dir, coco)
         out_dir.mkdir(parents=True, exist_ok=True)
-        journal = out_dir / JOURNAL
+        journal = journal_path(out_dir, JOURNAL)
         if resume:
             old, records = _read_journal(journal)
             if old is not None:
@@ -736,17 +756,11 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
                 if changed:
                     raise ValueError(f"--resume: the journal {journal} was written with other settings "
                                      f"({', '.join(changed)}); use the same options, or drop --resume to start over")
-                for rec in records:
-                    if rec.get("status") == "ok":
-                        done[rec["image"]] = rec
-                with open(journal, "w") as f:  # keep only what is reused (drops torn and failed lines)
-                    f.write(json.dumps(settings) + "\n")
-                    for rec in done.values():
-                        f.write(json.dumps(rec) + "\n")
-            else:
-                journal.write_text(json.dumps(settings) + "\n")
-        else:
-            journal.write_text(json.dumps(settings) + "\n")
+                keys = {_key(name, path) for name, _, path in items}
+                done = {rec["key"]: rec for rec in records
+                        if rec.get("status") == "ok" and rec.get("key") in keys}
+        # keep only what is reused (drops torn and failed lines); atomic: a kill keeps the old journal
+        rewrite_json_lines(journal, [settings, *done.values()])
 
     # ---- images
     bar = None
@@ -777,13 +791,15 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         background = 0
     try:
         for k, (name, item, path) in enumerate(items):
-            if name in done:
-                records.append(done[name])
+            key = _key(name, path)
+            if key in done:
+                rec = done[key]  # the same image; its name may differ when the input set changed
+                records.append({**rec, "image": name, "rows": [{**r, "image": name} for r in rec["rows"]]})
                 if bar is not None:
                     bar.update(1)
                 continue
-            record: dict[str, Any] = {"kind": "image", "image": name, "path": path, "status": "ok", "error": None,
-                                      "gt": "none", "warning": None, "rows": []}
+            record: dict[str, Any] = {"kind": "image", "image": name, "path": path, "key": key, "status": "ok",
+                                      "error": None, "gt": "none", "warning": None, "rows": []}
             try:
                 image = load_image(item)
                 h, w = image.shape[:2]
@@ -888,7 +904,7 @@ def _assemble(records: list[dict], settings: dict, out_dir: Path | None) -> Audi
 
 
 def _write_outputs(result: AuditResult) -> None:
-    from .render import write_atomic
+    from .runs import write_atomic
 
     out = result.out
     assert out is not None
@@ -903,6 +919,9 @@ def _write_outputs(result: AuditResult) -> None:
                              "" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
     write_atomic(out / CSV_FILE, buffer.getvalue().encode())
     write_atomic(out / HTML_FILE, _html(result).encode())
+    thumbs = [row["thumbnail"] for row in result.rows if row.get("thumbnail")]
+    # lists exactly this run's files; thumbnails of an earlier run into the same folder are removed
+    write_manifest(out, MANIFEST, {"format": _FORMAT}, [JOURNAL, JSON_FILE, CSV_FILE, HTML_FILE, *thumbs])
 
 
 def _fmt(value: Any, percent: bool = False) -> str:

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 
 from . import metrics as M
 from .detections import Detections
-from .journal import append_json_line, read_json_lines
+from .runs import append_json_line, check_output_folder, journal_path, read_json, read_json_lines, write_atomic, \
+    write_manifest
 from .metrics import BASELINES, baseline_maps
 
 __all__ = [
@@ -77,6 +78,11 @@ METRICS: tuple[str, ...] = (
 DEFAULT_METHODS: tuple[str, ...] = ("eigencam", "gradcam", "hirescam", "layercam")
 #: faithfulness is on by default only for runs of at most this many images (``faithfulness=None``)
 FAITHFULNESS_AUTO_LIMIT = 50
+#: the files of a run in ``out`` (``manifest.json`` lists exactly those of the last run)
+JOURNAL, CONFIG, RESULTS, PAIRS, SUMMARY, MANIFEST = ("journal.jsonl", "config.json", "results.json", "pairs.csv",
+                                                      "summary.md", "manifest.json")
+#: ``dsxai bench --synthetic`` writes its COCO set here, inside ``out``: the run's own data, not a user's input
+SYNTHETIC_DIR = "synthetic"
 
 
 class BenchError(ValueError):
@@ -495,6 +501,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     from .methods import get_method
 
     out = Path(out)
+    check_output_folder(out, [a for a in (annotations,) if isinstance(a, (str, Path))],
+                        scanned=[i for i in (images,) if isinstance(i, (str, Path))], own=[out / SYNTHETIC_DIR])
     out.mkdir(parents=True, exist_ok=True)
     methods = [str(m).strip().lower() for m in methods if str(m).strip()]
     if not methods:
@@ -535,10 +543,10 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   class_map={str(k): gt.categories[v] for k, v in class_to_cat.items()},
                   extra={"explain_model": explain_model is not None, "device": str(adapter.device),
                          "imgsz": imgsz, "arch": arch})
-    journal = out / "journal.jsonl"
-    config_path = out / "config.json"
+    journal = journal_path(out, JOURNAL)
+    config_path = out / CONFIG
     if resume and config_path.is_file():
-        old = json.loads(config_path.read_text())
+        old = read_json(config_path)
         if old.get("key") != json.loads(json.dumps(cfg.key())):
             changed = sorted(k for k in cfg.key() if old.get("key", {}).get(k) != json.loads(json.dumps(cfg.key()))[k])
             raise BenchError(f"--resume: the run in {out} used other settings ({', '.join(changed)}); rerun "
@@ -546,7 +554,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     done = _journal_records(journal) if resume else {}
     if not resume and journal.exists():
         journal.unlink()
-    config_path.write_text(json.dumps({"key": cfg.key(), "config": cfg.__dict__}, indent=2))
+    write_atomic(config_path, json.dumps({"key": cfg.key(), "config": cfg.__dict__}, indent=2))
 
     torch.manual_seed(seed)
     image_ids = _select_images(gt, category_ids, limit)
@@ -568,13 +576,17 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     bar.close()
     records = [done[i] for i in image_ids if i in done]
     results = _aggregate(records, cfg, seed)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_atomic(out / RESULTS, json.dumps(results, indent=2))
+    galleries: list[Path] = []
     if gallery > 0:
         try:
-            _write_gallery(out, adapter, gt, records, cfg, class_to_cat, explain_model, gallery)
+            galleries = _write_gallery(out, adapter, gt, records, cfg, class_to_cat, explain_model, gallery)
         except Exception as exc:  # noqa: BLE001 - a picture must not lose the numbers
             log.warning("gallery failed: %s", exc)
-    _write_outputs(out, results, records, cfg)
+    written = _write_outputs(out, results, records, cfg, galleries)
+    # lists exactly this run's files: an earlier run's gallery pictures in the same folder are removed
+    write_manifest(out, MANIFEST, {"format": "dsxai.bench/1"},
+                   [CONFIG, JOURNAL, *(p.relative_to(out).as_posix() for p in written + galleries)])
     return results
 
 
@@ -643,21 +655,29 @@ def _fmt(s: dict[str, Any]) -> str:
     return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
 
 
-def _write_outputs(out: Path, results: dict[str, Any], records: list[dict[str, Any]], cfg: _Config) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    with (out / "pairs.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image_id", "file_name", "det", "ann_id", "category", "det_score", "match_iou", "kind",
-                         "name", *METRICS])
-        for r in records:
-            if r.get("status") != "ok":
-                continue
-            for kind in ("methods", "baselines"):
-                for name, rows in r[kind].items():
-                    for p, m in zip(r["pairs"], rows):
-                        writer.writerow([r["image_id"], r["file_name"], p["det"], p["ann_id"], p["category"],
-                                         f"{p['det_score']:.4f}", f"{p['match_iou']:.4f}", kind[:-1], name,
-                                         *["" if m[k] is None else f"{m[k]:.6f}" for k in METRICS]])
+def _pairs_csv(records: list[dict[str, Any]]) -> str:
+    """pairs.csv: one row per (pair, method or baseline)."""
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(["image_id", "file_name", "det", "ann_id", "category", "det_score", "match_iou", "kind",
+                     "name", *METRICS])
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        for kind in ("methods", "baselines"):
+            for name, rows in r[kind].items():
+                for p, m in zip(r["pairs"], rows):
+                    writer.writerow([r["image_id"], r["file_name"], p["det"], p["ann_id"], p["category"],
+                                     f"{p['det_score']:.4f}", f"{p['match_iou']:.4f}", kind[:-1], name,
+                                     *["" if m[k] is None else f"{m[k]:.6f}" for k in METRICS]])
+    return fh.getvalue()
+
+
+def _write_outputs(out: Path, results: dict[str, Any], records: list[dict[str, Any]], cfg: _Config,
+                   galleries: Sequence[Path] = ()) -> list[Path]:
+    """Write results.json, pairs.csv, metrics.png and summary.md (each atomically); returns the paths."""
+    written = [write_atomic(out / RESULTS, json.dumps(results, indent=2)),
+               write_atomic(out / PAIRS, _pairs_csv(records))]
     shown = [k for k in METRICS if any(results[s][n][k]["mean"] is not None
                                        for s in ("methods", "baselines") for n in results[s])]
     shown = shown or [k for k in METRICS if k not in ("deletion_auc", "insertion_auc")]
@@ -685,14 +705,16 @@ def _write_outputs(out: Path, results: dict[str, Any], records: list[dict[str, A
                   "the confidence threshold (--conf), the class map (--class-map) and the image folder."]
     if plot:
         lines += ["", f"![metrics]({plot.name})"]
-    galleries = sorted((out / "gallery").glob("*.png")) if (out / "gallery").is_dir() else []
-    if galleries:
+    if plot:
+        written.append(plot)
+    if galleries:  # this run's pictures only, not an earlier run's left in the folder
         lines += ["", "## Gallery", "", "Best (top row) and worst (bottom row) pairs of each method by "
                   "`energy_box` (E); the detection with its label, the ground-truth box in green.", ""]
-        lines += [f"### {g.stem}\n\n![{g.stem}](gallery/{g.name})\n" for g in galleries]
+        lines += [f"### {g.stem}\n\n![{g.stem}](gallery/{g.name})\n" for g in sorted(galleries)]
     if results["errors"]:
         lines += ["", "## Failed images", ""] + [f"- {e['file_name']}: {e['error']}" for e in results["errors"]]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    written.append(write_atomic(out / SUMMARY, "\n".join(lines) + "\n"))
+    return written
 
 
 def _bar_chart(out: Path, results: dict[str, Any], shown: list[str]) -> Path | None:
@@ -722,22 +744,23 @@ def _bar_chart(out: Path, results: dict[str, Any], shown: list[str]) -> Path | N
     ax.set_ylabel("mean (95% CI)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path = out / "metrics.png"
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return path
+    return write_atomic(out / "metrics.png", buffer.getvalue())
 
 
 def _write_gallery(out: Path, adapter: Any, gt: CocoGroundTruth, records: list[dict[str, Any]], cfg: _Config,
-                   class_to_cat: dict[int, int], explain_model: nn.Module | None, k: int) -> None:
-    """Best and worst ``k`` pairs of each method by ``energy_box``, re-explained and drawn."""
+                   class_to_cat: dict[int, int], explain_model: nn.Module | None, k: int) -> list[Path]:
+    """Best and worst ``k`` pairs of each method by ``energy_box``, re-explained and drawn; the files written."""
     import cv2
 
     from .imaging import load_image
-    from .render import draw_detections, grid, overlay
+    from .render import draw_detections, grid, overlay, write_png
 
     folder = out / "gallery"
     folder.mkdir(exist_ok=True)
+    written = []
     for method in cfg.methods:
         rows = [(m["energy_box"], r, j) for r in records if r.get("status") == "ok"
                 for j, m in enumerate(r["methods"].get(method, []))]
@@ -772,7 +795,8 @@ def _write_gallery(out: Path, adapter: Any, gt: CocoGroundTruth, records: list[d
             pictures.append(canvas)
         if pictures:
             picture = grid(pictures, columns=max(1, k))
-            cv2.imwrite(str(folder / f"{method}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            written.append(write_png(folder / f"{method}.png", picture))
+    return written
 
 
 # ----------------------------------------------------------------------------------------------- synthetic

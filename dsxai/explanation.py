@@ -24,9 +24,10 @@ from .detections import Detections
 from .imaging import ImageLike, load_images
 from .metrics import energy_pointing_game
 from .methods import BaseCAM, get_method
-from .render import render_detections, render_grid, render_masks, render_panels, write_atomic, write_png
+from .render import render_detections, render_grid, render_masks, render_panels, write_png
+from .runs import inside, read_json, safe_name, write_atomic, write_manifest
 
-__all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes"]
+__all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes", "check_stem", "write_index"]
 
 #: Default CAM method per adapter task. Plain GradCAM averages the gradient over the whole
 #: feature map, so on detectors (one small box among many anchors) its map peaks inside its own
@@ -37,6 +38,7 @@ __all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_c
 DEFAULT_METHOD: dict[str, str] = {"detect": "layercam", "instance": "layercam", "segment": "layercam"}
 
 _FORMAT = "dsxai.explanation/1"
+INDEX = "explanation.json"  # the folder's manifest: format, stems, settings and exactly the run's files
 _STYLES = ("fused", "grid", "masks")
 
 
@@ -173,26 +175,30 @@ class Explanation:
         Per image ``<stem>`` (default ``image0``, ``image1``, ...): ``<stem>.png`` (fused picture),
         ``<stem>_det<k>.png`` (one per detection), ``<stem>.json`` (settings, detections and
         per-map figures) and ``<stem>_maps.npz`` (maps as float16, masks as packed bits and, with
-        ``images=True``, the original image), plus ``explanation.json`` listing the stems.
-        Every file is written atomically (temporary file, then rename).
+        ``images=True``, the original image), plus ``explanation.json``: the folder's manifest, listing
+        the stems, the settings and exactly the files of this run. Files an earlier save into the same
+        folder listed and this one does not write are removed (one run per folder). Every file is written
+        atomically (temporary file, fsync, rename). Stems must be plain names (no folder, ``..`` or NUL).
         :meth:`load` reads it back.
         """
         directory = Path(directory)
         stems = [f"image{i}" for i in range(len(self))] if stems is None else [str(s) for s in stems]
-        if len(stems) != len(self) or len(set(stems)) != len(stems):
-            raise ValueError(f"need {len(self)} distinct stems, got {stems}")
+        if len(stems) != len(self) or len({s.lower() for s in stems}) != len(stems):
+            raise ValueError(f"need {len(self)} distinct stems (case-insensitively), got {stems}")
+        for stem in stems:
+            check_stem(stem)
         written = []
         for i, stem in enumerate(stems):
             written += self.save_image(directory, i, stem, images=images, pictures=pictures, colormap=colormap,
                                        alpha=alpha)
-        index = {"format": _FORMAT, "stems": stems, "settings": _jsonable(self.settings)}
-        written.append(write_atomic(directory / "explanation.json", json.dumps(index, indent=2).encode()))
+        written.append(write_index(directory, stems, self.settings, written))
         return written
 
     def save_image(self, directory: str | Path, index: int, stem: str, *, images: bool = True,
                    pictures: bool = True, colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
         """Write the files of one image (see :meth:`save`) without the ``explanation.json`` index."""
         directory = Path(directory)
+        check_stem(stem)
         dets, maps = self.detections[index], self.maps[index]
         written = []
         if pictures:
@@ -225,18 +231,18 @@ class Explanation:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"no saved explanation at {directory} (not a folder)")
-        index = directory / "explanation.json"
-        if index.is_file():
-            stems = json.loads(index.read_text())["stems"]
-        else:  # e.g. the CLI's output folder: every per-image record
-            stems = sorted(p.stem for p in directory.glob("*.json") if _is_record(p))
+        stems, files, settings = _read_index(directory)
         if not stems:
             raise FileNotFoundError(f"no saved explanation in {directory} (no explanation.json or <stem>.json)")
-        detections, maps, originals, settings = [], [], [], {}
+        detections, maps, originals = [], [], []
         for stem in stems:
-            record = json.loads((directory / f"{stem}.json").read_text())
-            settings = record.get("settings", settings)
-            with np.load(directory / record["maps_file"]) as data:
+            record = _read_member(directory, f"{stem}.json", files)
+            if not isinstance(record, dict) or record.get("format") != _FORMAT:
+                raise ValueError(f"{directory / (stem + '.json')} is not a dsxai explanation record")
+            if files is None:  # an older folder without a manifest: each record carries its settings
+                settings = record.get("settings", settings)
+            maps_file = _member_path(directory, str(record.get("maps_file")), files)
+            with np.load(maps_file, allow_pickle=False) as data:
                 size = tuple(record["detections"]["image_size"])
                 masks = None
                 if record.get("has_masks"):
@@ -249,7 +255,60 @@ class Explanation:
             originals = load_images(list(images) if isinstance(images, (list, tuple)) else images)
         elif len(originals) != len(stems):
             originals = []
-        return cls(detections=detections, maps=maps, images=originals, settings=settings)
+        return cls(detections=detections, maps=maps, images=originals, settings=settings or {})
+
+
+def check_stem(stem: str) -> str:
+    """``stem`` when it is a plain file-name stem; ValueError for ``..``, absolute paths, folders or NUL.
+
+    Why: a stem becomes file names in the output folder, and must never reach outside it.
+    """
+    safe_name(stem)
+    if "/" in stem:
+        raise ValueError(f"unsafe stem {stem!r}: give a plain name without folders")
+    return stem
+
+
+def write_index(directory: str | Path, stems: Sequence[str], settings: dict[str, Any],
+                files: Sequence[str | Path], complete: bool = True) -> Path:
+    """Write ``explanation.json`` (format, stems, settings, exactly the run's ``files``) into ``directory``
+    and remove the files an earlier run's index listed that this run did not write (kept, when the run
+    stopped early: ``complete=False``; see :func:`dsxai.runs.write_manifest`)."""
+    directory = Path(directory)
+    names = [Path(f).name for f in files]
+    doc = {"format": _FORMAT, "stems": [check_stem(s) for s in stems], "settings": _jsonable(settings)}
+    return write_manifest(directory, INDEX, doc, names, complete=complete)
+
+
+def _read_index(directory: Path) -> tuple[list[str], set[str] | None, dict[str, Any]]:
+    """Stems, listed files (None for older folders without a file list) and settings of a saved folder."""
+    index = directory / INDEX
+    if not index.is_file():  # e.g. an older CLI output folder: every per-image record
+        return sorted(p.stem for p in directory.glob("*.json") if _is_record(p)), None, {}
+    doc = read_json(index)
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("stems"), list):
+        raise ValueError(f"{index} is not a dsxai explanation index (format {_FORMAT!r} with stems)")
+    stems = [check_stem(str(s)) for s in doc["stems"]]
+    files = doc.get("files")
+    listed = {safe_name(str(f)) for f in files} if isinstance(files, list) else None
+    return stems, listed, doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
+
+
+def _member_path(directory: Path, name: str, files: set[str] | None) -> Path:
+    """``directory / name`` for a file of this run: a plain name, listed in the index, not leaving the folder."""
+    safe_name(name)
+    if "/" in name or (files is not None and name not in files):
+        raise ValueError(f"{directory / name} is not a file of the run saved in {directory} (not in {INDEX})")
+    path = directory / name
+    if not inside(directory, path):
+        raise ValueError(f"{path} leads out of {directory} (a symlink?); refusing to read it")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the saved explanation in {directory} is incomplete")
+    return path
+
+
+def _read_member(directory: Path, name: str, files: set[str] | None) -> Any:
+    return read_json(_member_path(directory, name, files))
 
 
 def _is_record(path: Path) -> bool:

@@ -9,7 +9,6 @@ they were where it says so, and keeps every label inside the image.
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .detections import Detections
+from .runs import write_atomic  # the one atomic writer; re-exported for render's callers
 
 __all__ = [
     "COLORMAPS", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color", "text_style", "label_rect",
@@ -356,17 +356,3 @@ def write_png(path: str | os.PathLike, picture: np.ndarray) -> Path:
     write_atomic(path, data.tobytes())
     return path
 
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

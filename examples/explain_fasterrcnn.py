@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import dsxai
+from dsxai.runs import unique_stems
 from dsxai.render import compare_methods, write_png
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +33,7 @@ else:
     adapter = load_adapter("shapes-fasterrcnn")
 
 if args.image:
-    images, stems = args.image, [Path(p).stem for p in args.image]
+    images, stems = args.image, unique_stems(args.image)  # d1/a.png, d2/a.png -> d1__a, d2__a
 else:
     from dsxai.shapes import make_scenes
 

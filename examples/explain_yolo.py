@@ -9,9 +9,9 @@ and on your own checkpoint and images:
     python examples/explain_yolo.py --weights yolov8n.pt --image bus.jpg --out out/yolo
 """
 import argparse
-from pathlib import Path
 
 import dsxai
+from dsxai.runs import unique_stems
 from dsxai.adapters.ultralytics_yolo import UltralyticsAdapter
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +29,7 @@ else:
     adapter = load_adapter("shapes-yolo")  # UltralyticsAdapter(shapes_yolov8_path(), imgsz=256)
 
 if args.image:
-    images, stems = args.image, [Path(p).stem for p in args.image]
+    images, stems = args.image, unique_stems(args.image)  # d1/a.png, d2/a.png -> d1__a, d2__a
 else:
     from dsxai.shapes import make_scenes
 

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import dsxai
+from dsxai.runs import unique_stems
 from dsxai.render import write_png
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,7 +32,7 @@ else:
     adapter = load_adapter("shapes-unet")  # SMPAdapter(load_shapes_unet(), mean=UNET_MEAN, std=UNET_STD)
 
 if args.image:
-    images, stems = args.image, [Path(p).stem for p in args.image]
+    images, stems = args.image, unique_stems(args.image)  # d1/a.png, d2/a.png -> d1__a, d2__a
 else:
     from dsxai.shapes import make_scenes
 

@@ -440,3 +440,98 @@ def test_clean_unet_masks_are_not_flagged_for_the_layer_resolution():
     assert len(rows) >= 25 and all(r["ring_px"] >= 32 for r in rows)
     outside = sum("outside" in r["flags"] for r in rows)
     assert outside <= 0.15 * len(rows), [(r["class"], r["area"], r["evidence_outside"]) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def _colliding(root: Path, tmp_path: Path) -> list[Path]:
+    """d1/a.png, d2/a.png, d3/a_2.png: three images whose file stems collide."""
+    paths = []
+    for k, (folder, name) in enumerate((("d1", "a.png"), ("d2", "a.png"), ("d3", "a_2.png"))):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / name)
+        shutil.copy(root / "images" / f"scene{k:02d}.png", paths[-1])
+    return paths
+
+
+def test_colliding_stems_and_resume_keep_each_image_its_own_masks(cue_models, moved, tmp_path):
+    root, _ = moved
+    d1, d2, d3 = _colliding(root, tmp_path)
+    adapter = cue_adapter(cue_models["biased"])
+    alone = {p: audit(adapter, [p], min_area=30, progress=False).rows for p in (d1, d2, d3)}
+    first = audit(adapter, [d1, d3], out=tmp_path / "out", min_area=30, progress=False, thumbnails="all")
+    assert [i["image"] for i in first.images] == ["a", "a_2"]
+    calls = []
+    original = adapter.explain
+    adapter.explain = lambda images, **kw: (calls.append(1), original(images, **kw))[1]
+    second = audit(adapter, [d1, d2, d3], out=tmp_path / "out", min_area=30, progress=False, resume=True,
+                   thumbnails="all")
+    assert len(calls) == 1  # only d2 was explained; d1 and d3 came from the journal, matched by path
+    assert [i["image"] for i in second.images] == ["d1__a", "d2__a", "a_2"]
+    for path, name in ((d1, "d1__a"), (d2, "d2__a"), (d3, "a_2")):
+        mine = [{k: v for k, v in r.items() if k not in ("image", "thumbnail")} for r in second.rows
+                if r["image"] == name]
+        assert mine == [{k: v for k, v in r.items() if k not in ("image", "thumbnail")} for r in alone[path]]
+    assert all((tmp_path / "out" / r["thumbnail"]).is_file() for r in second.rows)
+
+
+def test_audit_refuses_an_output_folder_overlapping_the_inputs(cue_models, moved, tmp_path):
+    root, _ = moved
+    images, gt = tmp_path / "images", tmp_path / "gt"
+    shutil.copytree(root / "images", images)
+    shutil.copytree(root / "gt", gt)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    adapter = cue_adapter(cue_models["fair"])
+    for out in (images, images / "out", tmp_path, gt):
+        with pytest.raises(ValueError, match="choose an output folder outside"):
+            audit(adapter, images, masks=gt, out=out, min_area=30, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not (images / "out").exists()
+    assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in (root / "images").iterdir())
+
+
+def test_a_killed_journal_rewrite_keeps_the_journal(cue_models, moved, tmp_path, monkeypatch):
+    root, _ = moved
+    images = [root / "images" / f"scene{i:02d}.png" for i in range(3)]
+    adapter = cue_adapter(cue_models["fair"])
+    audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False)
+    journal = tmp_path / "out" / "audit.jsonl"
+    before = journal.read_text()
+    assert len(before.splitlines()) == 4
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the kill arrives while the journal is rewritten
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False, resume=True)
+    monkeypatch.undo()
+    assert journal.read_text() == before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_symlinked_journal_is_refused(cue_models, moved, tmp_path):
+    root, _ = moved
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "audit.jsonl").symlink_to(victim)
+    with pytest.raises(ValueError, match="symlink"):
+        audit(cue_adapter(cue_models["fair"]), [root / "images" / "scene00.png"], out=tmp_path / "out",
+              min_area=30, progress=False)
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_rerun_removes_the_earlier_runs_thumbnails(cue_models, moved, tmp_path):
+    root, _ = moved
+    images = [root / "images" / f"scene{i:02d}.png" for i in range(2)]
+    adapter = cue_adapter(cue_models["biased"])
+    first = audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False, thumbnails="all")
+    thumbs = tmp_path / "out" / "thumbs"
+    assert len(list(thumbs.iterdir())) == len(first.rows) > 0
+    (thumbs / "mine.png").write_bytes(b"not the audit's")
+    second = audit(adapter, images[:1], out=tmp_path / "out", min_area=30, progress=False, thumbnails="flagged")
+    kept = sorted(p.name for p in thumbs.iterdir())
+    assert kept == sorted(["mine.png"] + [Path(r["thumbnail"]).name for r in second.rows if r["thumbnail"]])
+    listed = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    assert "audit.jsonl" in listed and all(f"thumbs/{n}" in listed for n in kept if n != "mine.png")

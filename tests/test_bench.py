@@ -233,3 +233,67 @@ def test_real_coco_ten_images(which, tmp_path):
     pg = res["methods"]["layercam"]["pointing_game_box"]["mean"]
     assert pg > res["baselines"]["uniform"]["pointing_game_box"]["mean"] + 0.3
     assert res["methods"]["layercam"]["pointing_game_mask"]["mean"] is not None  # COCO polygons -> masks
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def test_an_output_folder_overlapping_the_inputs_is_refused(tmp_path, capsys):
+    ann, images = bench.write_synthetic_coco(tmp_path / "data", scenes=2)
+    before = sorted(p.name for p in images.iterdir())
+    for out in (images, images / "run", tmp_path / "data", tmp_path):
+        with pytest.raises(ValueError, match="choose an output folder outside"):
+            bench.run_benchmark("shapes-yolo", ann, images, out, progress=False)
+    assert sorted(p.name for p in images.iterdir()) == before and not (images / "run").exists()
+    code = main(["bench", "shapes-yolo", "--coco", str(ann), "--images", str(images), "--out", str(images)])
+    err = capsys.readouterr().err
+    assert code == 2 and "choose an output folder outside" in err and len(err.strip().splitlines()) == 1
+
+
+@needs_yolo
+def test_rerun_files_are_atomic_listed_and_torn_ones_named(adapter, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    ann, images = bench.write_synthetic_coco(tmp_path / "data", scenes=2)
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        bench.run_benchmark(adapter, ann, images, out, methods=["layercam", "hirescam"], faithfulness=False,
+                            gallery=1, progress=False)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "results.json", "pairs.csv", "summary.md", "metrics.png", "gallery/hirescam.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    bench.run_benchmark(adapter, ann, images, out, methods=["layercam"], faithfulness=False, gallery=1,
+                        progress=False)
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == ["layercam.png"]  # the earlier run's is gone
+    summary = (out / "summary.md").read_text()
+    assert "gallery/layercam.png" in summary and "hirescam" not in summary
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"config.json", "journal.jsonl", "results.json", "pairs.csv", "summary.md",
+            "gallery/layercam.png"} <= set(listed) and "gallery/hirescam.png" not in listed
+    results_before = (out / "results.json").read_text()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed while rewriting: the finished files stay whole
+        bench.run_benchmark(adapter, ann, images, out, methods=["layercam"], faithfulness=False, gallery=0,
+                            progress=False, resume=True)
+    monkeypatch.undo()
+    assert (out / "results.json").read_text() == results_before
+    (out / "config.json").write_text('{"key": {"model"')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        bench.run_benchmark(adapter, ann, images, out, methods=["layercam"], faithfulness=False, gallery=0,
+                            progress=False, resume=True)
+
+
+@needs_yolo
+def test_a_symlinked_journal_is_refused(adapter, tmp_path):
+    ann, images = bench.write_synthetic_coco(tmp_path / "data", scenes=2)
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text("precious\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "journal.jsonl").symlink_to(victim)
+    with pytest.raises(ValueError, match="symlink"):
+        bench.run_benchmark(adapter, ann, images, tmp_path / "out", methods=["layercam"], faithfulness=False,
+                            gallery=0, progress=False, resume=True)
+    assert victim.read_text() == "precious\n"

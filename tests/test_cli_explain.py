@@ -39,8 +39,8 @@ def test_writes_pictures_and_json_per_image(pictures, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = _run(capsys, *RANDOM_YOLO, pictures[0], *TINY, "--out", out, "--colormap", "magma")
     assert code == 0, stdout
-    assert sorted(p.name for p in out.iterdir()) == ["scene0.json", "scene0.png", "scene0_det0.png",
-                                                     "scene0_det1.png", "scene0_maps.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["explanation.json", "scene0.json", "scene0.png",
+                                                     "scene0_det0.png", "scene0_det1.png", "scene0_maps.npz"]
     fused = cv2.imread(str(out / "scene0.png"))
     assert fused.shape == (96, 128, 3) and cv2.imread(str(out / "scene0_det1.png")).shape == (96, 128, 3)
     record = json.loads((out / "scene0.json").read_text())
@@ -58,7 +58,7 @@ def test_folders_globs_method_layers_and_classes(pictures, tmp_path, capsys):
                              "--method", "hirescam", "--layers", "model.18,model.21", "--classes", "0,1,2,3,4,5",
                              *TINY, "--out", out)
     assert code == 0, err
-    assert sorted(p.name for p in out.glob("*.json")) == ["scene0.json", "scene1.json", "scene2.json"]  # no repeats
+    assert sorted(p.name for p in out.glob("scene*.json")) == ["scene0.json", "scene1.json", "scene2.json"]  # no repeats
     record = json.loads((out / "scene2.json").read_text())
     assert record["settings"]["method"] == "hirescam" and record["settings"]["layers"] == ["model.18", "model.21"]
     assert set(record["detections"]["labels"]) <= {0, 1, 2, 3, 4, 5}
@@ -71,14 +71,56 @@ def test_same_stem_in_two_folders_gets_two_outputs(pictures, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, _ = _run(capsys, *RANDOM_YOLO, pictures[0], other / "scene0.png", *TINY, "--out", out)
     assert code == 0
-    assert (out / "scene0.json").is_file() and (out / "scene0_2.json").is_file()
+    assert (out / "in__scene0.json").is_file() and (out / "other__scene0.json").is_file()
+
+
+def test_colliding_stems_give_one_result_set_per_image(pictures, tmp_path, capsys):
+    paths = []
+    for folder, name, source in (("d1", "a.png", 0), ("d2", "a.png", 1), ("d3", "a_2.png", 2)):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / name)
+        paths[-1].write_bytes(pictures[source].read_bytes())
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, *RANDOM_YOLO, *paths, *TINY, "--out", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.json")) == ["a_2.json", "d1__a.json", "d2__a.json", "explanation.json"]
+    back = Explanation.load(out)
+    assert len(back) == 3
+    assert sorted(back.settings["images"].values()) == sorted(str(p) for p in paths)
+    for stem, path in back.settings["images"].items():  # each result names the image it explains
+        assert json.loads((out / f"{stem}.json").read_text())["settings"]["image"] == path
+
+
+@pytest.mark.parametrize("where", ["same", "parent", "inside-folder-spec"])
+def test_an_output_folder_overlapping_the_inputs_is_refused(pictures, tmp_path, capsys, where):
+    before = {p: p.read_bytes() for p in pictures}
+    folder = pictures[0].parent
+    images, out = [folder], {"same": folder, "parent": tmp_path, "inside-folder-spec": folder / "out"}[where]
+    code, _, err = _run(capsys, *RANDOM_YOLO, *images, *TINY, "--out", out)
+    assert code == 2 and "choose an output folder outside" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(folder.iterdir()) == sorted(before) and all(p.read_bytes() == b for p, b in before.items())
+    assert not (folder / "out").exists()
+
+
+def test_a_rerun_leaves_one_run_in_the_folder(pictures, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(capsys, *RANDOM_YOLO, pictures[0], pictures[1], *TINY, "--out", out)[0] == 0
+    assert (out / "scene1_det1.png").is_file()
+    (out / "notes.txt").write_text("mine")  # not ours: never removed
+    code, _, err = _run(capsys, *RANDOM_YOLO, pictures[0], "--conf", "1.0", "--method", "hirescam", "--out", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["explanation.json", "notes.txt", "scene0.json", "scene0.png",
+                                                     "scene0_maps.npz"]
+    back = Explanation.load(out)
+    assert len(back) == 1 and back.settings["method"] == "hirescam" and len(back.detections[0]) == 0
 
 
 def test_zero_detections_write_the_picture_that_says_so(pictures, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = _run(capsys, *RANDOM_YOLO, pictures[0], "--conf", "1.0", "--out", out)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["scene0.json", "scene0.png", "scene0_maps.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["explanation.json", "scene0.json", "scene0.png",
+                                                     "scene0_maps.npz"]
     assert "no detections" in stdout
     picture = cv2.cvtColor(cv2.imread(str(out / "scene0.png")), cv2.COLOR_BGR2RGB)
     original = cv2.cvtColor(cv2.imread(str(pictures[0])), cv2.COLOR_BGR2RGB)
@@ -147,3 +189,25 @@ def test_unknown_zoo_name_and_missing_zoo_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="re-train"):
         zoo.load_adapter("shapes-unet")
+
+
+def test_a_run_that_fails_midway_keeps_the_earlier_results(pictures, tmp_path, capsys, monkeypatch):
+    import dsxai.explanation as module
+
+    out = tmp_path / "out"
+    assert _run(capsys, *RANDOM_YOLO, pictures[0], pictures[1], *TINY, "--out", out)[0] == 0
+    before = sorted(p.name for p in out.iterdir())
+    original, calls = module.explain, []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "explain", fails_second)
+    code, _, err = _run(capsys, *RANDOM_YOLO, pictures[0], pictures[1], *TINY, "--method", "hirescam", "--out", out)
+    assert code == 2 and "out of memory" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of the earlier run was deleted
+    back = Explanation.load(out)
+    assert len(back) == 1 and back.settings["method"] == "hirescam"  # the index lists what this run finished

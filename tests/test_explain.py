@@ -204,3 +204,65 @@ def test_shipped_yolo_maps_peak_inside_their_boxes():
     assert len(figures) >= 6
     assert np.mean([f["peak_in_box"] for f in figures]) >= 0.8
     assert np.mean([f["energy_in_box"] for f in figures]) >= 0.5
+
+
+def _small(method: str, n: int = 1, dets_per_image: int = 2) -> Explanation:
+    """An explanation without a model: n images of 12 x 16 with random maps."""
+    h, w = 12, 16
+    dets = [Detections(boxes=torch.tensor([[0., 0, 8, 8]] * dets_per_image), scores=torch.ones(dets_per_image),
+                       labels=torch.zeros(dets_per_image, dtype=torch.long), image_size=(h, w),
+                       class_names={0: "x"}) for _ in range(n)]
+    return Explanation(dets, [torch.rand(dets_per_image, h, w) for _ in range(n)],
+                       [np.zeros((h, w, 3), np.uint8)] * n, {"method": method})
+
+
+@pytest.mark.parametrize("stem", ["../x", "/tmp/x", "a/b", "..", "", "a\x00b"])
+def test_save_keeps_every_file_inside_the_folder(tmp_path, stem):
+    folder = tmp_path / "out"
+    with pytest.raises(ValueError, match="unsafe"):
+        _small("a").save(folder, stems=[stem])
+    assert not folder.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_rerun_into_the_same_folder_leaves_one_run(tmp_path):
+    _small("first", n=2, dets_per_image=3).save(tmp_path, stems=["a", "b"])
+    (tmp_path / "mine.txt").write_text("not dsxai's")
+    _small("second").save(tmp_path, stems=["a"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png", "a_det0.png", "a_det1.png",
+                                                          "a_maps.npz", "explanation.json", "mine.txt"]
+    back = Explanation.load(tmp_path)
+    assert len(back) == 1 and back.settings == {"method": "second"} and len(back.detections[0]) == 2
+
+
+def test_load_reads_only_the_files_of_its_run(tmp_path):
+    _small("one").save(tmp_path, stems=["a"])
+    _small("stranger").save(tmp_path / "other", stems=["b"])
+    for name in ("b.json", "b_maps.npz"):  # a record of another run dropped beside ours is not read
+        (tmp_path / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    assert len(Explanation.load(tmp_path)) == 1
+    index = json.loads((tmp_path / "explanation.json").read_text())
+    (tmp_path / "explanation.json").write_text(json.dumps({**index, "stems": ["a", "b"]}))
+    with pytest.raises(ValueError, match="not a file of the run"):
+        Explanation.load(tmp_path)
+    for stems in (["../other/b"], ["/etc/passwd"]):
+        (tmp_path / "explanation.json").write_text(json.dumps({**index, "stems": stems}))
+        with pytest.raises(ValueError, match="unsafe"):
+            Explanation.load(tmp_path)
+    record = json.loads((tmp_path / "a.json").read_text())
+    (tmp_path / "explanation.json").write_text(json.dumps(index))
+    (tmp_path / "a.json").write_text(json.dumps({**record, "maps_file": "../other/b_maps.npz"}))
+    with pytest.raises(ValueError, match="unsafe"):
+        Explanation.load(tmp_path)
+    (tmp_path / "explanation.json").write_text('{"format": "dsxai.explanation/1", "st')
+    with pytest.raises(ValueError, match="explanation.json is not valid JSON"):
+        Explanation.load(tmp_path)
+
+
+def test_older_folders_without_a_file_list_still_load(tmp_path):
+    _small("old", n=2).save(tmp_path, stems=["a", "b"])
+    index = json.loads((tmp_path / "explanation.json").read_text())
+    del index["files"]
+    (tmp_path / "explanation.json").write_text(json.dumps(index))
+    assert len(Explanation.load(tmp_path)) == 2
+    (tmp_path / "explanation.json").unlink()  # the CLI's folders before the index
+    assert len(Explanation.load(tmp_path)) == 2

@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import FAITHFULNESS_AUTO_LIMIT, run_benchmark, write_synthetic_coco
+    from ..bench import FAITHFULNESS_AUTO_LIMIT, SYNTHETIC_DIR, run_benchmark, write_synthetic_coco
     from ..cli import CommandError
 
     out = Path(args.out)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic:
         if args.coco or args.images:
             raise CommandError("--synthetic writes its own COCO set; drop --coco/--images")
-        annotations, images = write_synthetic_coco(out / "synthetic", scenes=args.scenes)
+        annotations, images = write_synthetic_coco(out / SYNTHETIC_DIR, scenes=args.scenes)
         model = model or "shapes-yolo"
         if faithfulness is None:
             faithfulness = True

@@ -2,9 +2,13 @@
 
 For each image ``<stem>.png`` (all detections fused), ``<stem>_det<k>.png`` (one per
 detection), ``<stem>.json`` (detections and per-map figures) and ``<stem>_maps.npz``
-(the maps, float16; ``dsxai.Explanation.load(OUT)`` reads the folder back). The model,
-method, layers and every image are checked before the first file is written, and each
-file is written atomically, so a bad input leaves no partial output.
+(the maps, float16), plus ``explanation.json`` listing exactly this run's files
+(``dsxai.Explanation.load(OUT)`` reads the folder back; a rerun into OUT removes the files
+of the earlier run it does not rewrite). Stems are unique over the whole input set
+(``d1/a.png``, ``d2/a.png`` -> ``d1__a``, ``d2__a``). The model, method, layers, every
+image and the output folder (never the folder of an input, nor one holding an input) are
+checked before the first file is written, and each file is written atomically, so a bad
+input leaves no partial output.
 """
 from __future__ import annotations
 
@@ -71,15 +75,17 @@ def find_images(specs: list[str]) -> list[Path]:
     return unique
 
 
-def _stems(paths: list[Path]) -> list[str]:
-    """Output stems: the file stem, with ``_2``, ``_3``... when two images share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
-    return stems
+def scanned_folders(specs: list[str]) -> list[Path]:
+    """The folders whose files a spec reads: a folder given as such, and the base of a recursive glob."""
+    folders = []
+    for spec in specs:
+        if Path(spec).is_dir():
+            folders.append(Path(spec))
+        elif glob.has_magic(spec) and "**" in spec:
+            parts = Path(spec).parts
+            plain = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            folders.append(Path(*parts[:plain]) if plain else Path("."))
+    return folders
 
 
 def load_model(model: str, arch: str | None, imgsz: int | None, device: str | None, trust: bool = False):
@@ -104,11 +110,12 @@ def load_model(model: str, arch: str | None, imgsz: int | None, device: str | No
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import CommandError
-    from ..explanation import explain
+    from ..explanation import explain, write_index
     from ..imaging import load_image
     from ..layers import resolve_layers
     from ..methods import get_method
     from ..render import _lut
+    from ..runs import check_output_folder, unique_stems
 
     # everything is checked before the first file is written
     get_method(args.method or "layercam")
@@ -118,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_dets is not None and args.max_dets < 1:
         raise CommandError(f"--max-dets must be at least 1, got {args.max_dets}")
     paths = find_images(args.images)
+    out = Path(args.out)
+    check_output_folder(out, paths, scanned=scanned_folders(args.images))
     adapter = load_model(args.model, args.arch, args.imgsz, args.device, trust_checkpoint(args))
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     if layers is not None:
@@ -130,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
         load_image(path)
 
-    out = Path(args.out)
-    stems = _stems(paths)
+    stems = unique_stems(paths)
     progress = _progress(len(paths))
     total, method = 0, args.method
+    written: list[Path] = []
+    done: list[str] = []
+    settings: dict = {}
     try:
         for path, stem in zip(paths, stems):
             image = load_image(path)
@@ -141,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
                          classes=classes, max_dets=args.max_dets)
             ex.settings["image"] = str(path)
             method = ex.settings["method"]
-            ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
+            written += ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
+            done.append(stem)
+            settings = {k: v for k, v in ex.settings.items() if k != "image"}
             n = len(ex.detections[0])
             total += n
             if n == 0:
@@ -155,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
+        if done:  # the index lists exactly this run's files, also when it stopped early
+            settings["images"] = {stem: str(path) for stem, path in zip(done, paths)}
+            write_index(out, done, settings, written, complete=len(done) == len(paths))
     print(f"explained {total} detection(s) in {len(paths)} image(s) with "
           f"{method}; wrote {out}")
     return 0
