@@ -25,7 +25,7 @@ from .imaging import ImageLike, load_images
 from .metrics import energy_pointing_game
 from .methods import BaseCAM, get_method
 from .render import render_detections, render_grid, render_masks, render_panels, write_png
-from .runs import inside, read_json, safe_name, write_atomic, write_manifest
+from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
 
 __all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes", "check_stem", "write_index"]
 
@@ -39,6 +39,8 @@ DEFAULT_METHOD: dict[str, str] = {"detect": "layercam", "instance": "layercam", 
 
 _FORMAT = "dsxai.explanation/1"
 INDEX = "explanation.json"  # the folder's manifest: format, stems, settings and exactly the run's files
+#: the suffixes a saved image adds to its stem for its other files (``<stem>_det<k>.png``, ``<stem>_maps.npz``)
+DERIVED_SUFFIXES = r"_det\d+|_maps"
 _STYLES = ("fused", "grid", "masks")
 
 
@@ -187,6 +189,9 @@ class Explanation:
             raise ValueError(f"need {len(self)} distinct stems (case-insensitively), got {stems}")
         for stem in stems:
             check_stem(stem)
+        if stems and derived_clash(stems, DERIVED_SUFFIXES) is not None:
+            raise ValueError(f"stems {stems} clash: one is another's per-detection or maps file name "
+                             "(e.g. 'a' and 'a_det0'); use dsxai.runs.unique_stems(paths, derived=DERIVED_SUFFIXES)")
         written = []
         for i, stem in enumerate(stems):
             written += self.save_image(directory, i, stem, images=images, pictures=pictures, colormap=colormap,

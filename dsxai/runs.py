@@ -21,13 +21,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = [
     "write_atomic", "read_json", "read_json_lines", "append_json_line", "rewrite_json_lines", "journal_path",
-    "check_output_folder", "unique_stems", "safe_name", "inside", "manifest_files", "write_manifest",
+    "check_output_folder", "unique_stems", "derived_clash", "safe_name", "inside", "manifest_files", "write_manifest",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -182,13 +183,16 @@ def inside(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
     return target == root or root in target.parents
 
 
-def unique_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+def unique_stems(paths: Sequence[str | os.PathLike], derived: str | None = None) -> list[str]:
     """One output stem per input path, never two alike.
 
     The file stem when no other input gives the same one; else the path relative to the common folder of the
     clashing inputs without its suffix, parts joined by ``__`` (``d1/a.png``, ``d2/a.png`` -> ``d1__a``,
     ``d2__a``), plus the suffix when the folder is the same too (``a.png``, ``a.jpg`` -> ``a_png``, ``a_jpg``).
-    A name still taken (case-insensitively) gets ``_2``, ``_3``... Why: per-image outputs named by a clashing stem silently overwrite each other.
+    A name still taken (case-insensitively) gets ``_2``, ``_3``... ``derived``, a regular expression of the
+    suffixes a run appends to a stem for its other files (e.g. ``r"_det\d+|_maps"``), keeps a name from
+    equalling another's derived name (``a`` and ``a_det0`` -> ``a``, ``a_det0_image``). Why: per-image outputs
+    named by a clashing stem silently overwrite each other.
     """
     resolved = [Path(os.path.abspath(p)) for p in paths]
     by_stem: dict[str, list[int]] = {}
@@ -216,7 +220,26 @@ def unique_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
             candidate = f"{name}_{n}"
         taken.add(candidate.lower())
         unique.append(candidate)
-    return unique
+    return unique if derived is None else _apart_from_derived(unique, derived)
+
+
+def derived_clash(names: Sequence[str], derived: str) -> int | None:
+    """The index of the first name that equals another name plus a ``derived`` suffix (case-insensitively)."""
+    pattern = re.compile(f"(?:{'|'.join(re.escape(n) for n in names)})(?:{derived})", re.IGNORECASE)
+    return next((i for i, n in enumerate(names) if pattern.fullmatch(n)), None)
+
+
+def _apart_from_derived(names: list[str], derived: str) -> list[str]:
+    """``names`` with ``_image`` appended to each one that equals another name plus a ``derived`` suffix."""
+    result = list(names)
+    while (clash := derived_clash(result, derived)) is not None:
+        lowered = {n.lower() for n in result}
+        candidate, n = f"{result[clash]}_image", 1
+        while candidate.lower() in lowered:
+            n += 1
+            candidate = f"{result[clash]}_image{n}"
+        result[clash] = candidate
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- folders

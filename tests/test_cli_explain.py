@@ -91,6 +91,20 @@ def test_colliding_stems_give_one_result_set_per_image(pictures, tmp_path, capsy
         assert json.loads((out / f"{stem}.json").read_text())["settings"]["image"] == path
 
 
+def test_a_stem_equal_to_another_images_per_detection_name_keeps_both(pictures, tmp_path, capsys):
+    first, second = tmp_path / "a.png", tmp_path / "a_det0.png"  # a's first detection picture is a_det0.png
+    first.write_bytes(pictures[0].read_bytes())
+    second.write_bytes(pictures[1].read_bytes())
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, *RANDOM_YOLO, first, second, *TINY, "--out", out)
+    assert code == 0, err
+    back = Explanation.load(out)
+    assert len(back) == 2 and sorted(back.settings["images"].values()) == sorted([str(first), str(second)])
+    assert (out / "a_det0.png").is_file() and (out / "a_det0_image.png").is_file()
+    with pytest.raises(ValueError, match="clash"):
+        back.save(tmp_path / "again", stems=["a", "a_det0"])
+
+
 @pytest.mark.parametrize("where", ["same", "parent", "inside-folder-spec"])
 def test_an_output_folder_overlapping_the_inputs_is_refused(pictures, tmp_path, capsys, where):
     before = {p: p.read_bytes() for p in pictures}

@@ -142,3 +142,12 @@ def test_a_run_that_stopped_early_deletes_nothing(tmp_path):
     assert runs.manifest_files(tmp_path / "m.json") == ["c.png"]
     runs.write_manifest(tmp_path, "m.json", {}, ["c.png"])  # the next complete run removes the leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "m.json"]
+
+
+def test_unique_stems_keep_apart_from_derived_file_names(tmp_path):
+    derived = r"_det\d+|_maps"
+    paths = [tmp_path / "a.png", tmp_path / "a_det0.png", tmp_path / "a_maps.png"]
+    names = runs.unique_stems(paths, derived=derived)
+    assert names[0] == "a" and runs.derived_clash(names, derived) is None, names
+    assert runs.unique_stems(paths) == ["a", "a_det0", "a_maps"]  # without derived: plain stems
+    assert runs.derived_clash(["a", "A_DET3"], derived) == 1

@@ -110,7 +110,7 @@ def load_model(model: str, arch: str | None, imgsz: int | None, device: str | No
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import CommandError
-    from ..explanation import explain, write_index
+    from ..explanation import DERIVED_SUFFIXES, explain, write_index
     from ..imaging import load_image
     from ..layers import resolve_layers
     from ..methods import get_method
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
         load_image(path)
 
-    stems = unique_stems(paths)
+    stems = unique_stems(paths, derived=DERIVED_SUFFIXES)
     progress = _progress(len(paths))
     total, method = 0, args.method
     written: list[Path] = []
