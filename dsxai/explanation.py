@@ -63,7 +63,9 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
 
     Keys: ``index``, ``label``, ``name``, ``score``, ``box`` (xyxy), ``peak`` ([x, y] pixel of the
     maximum), ``peak_value``, ``peak_in_box``, ``energy_in_box`` (share of the map's mass inside its
-    own box) and, when the detections have masks, ``peak_in_mask`` and ``energy_in_mask``.
+    own box), ``no_evidence`` (the map is all zero: nothing positive at the explained layers, see
+    ``dsxai.engine.warn_no_evidence``) and, when the detections have masks, ``peak_in_mask`` and
+    ``energy_in_mask``.
     """
     if len(detections) != len(maps):
         raise ValueError(f"got {len(maps)} maps for {len(detections)} detections")
@@ -74,6 +76,7 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
     peak_value, peak = flat.max(1)
     py, px = peak // w, peak % w
     boxes = _box_regions(detections.boxes, (h, w), maps.device)
+    has = peak_value > 0  # an all-zero map: its peak and shares say nothing (the layer gave no evidence)
     rows = torch.arange(len(maps), device=maps.device)
     in_box, box_share = boxes[rows, py, px], energy_pointing_game(maps, boxes)
     masks = None if detections.masks is None else detections.masks.to(maps.device)
@@ -85,7 +88,7 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
         fig = {"index": k, "label": int(label), "name": name, "score": round(float(score), 6),
                "box": [round(float(v), 2) for v in box], "peak": [int(px[k]), int(py[k])],
                "peak_value": round(float(peak_value[k]), 6), "peak_in_box": bool(in_box[k]),
-               "energy_in_box": round(float(box_share[k]), 6)}
+               "energy_in_box": round(float(box_share[k]), 6), "no_evidence": not bool(has[k])}
         if masks is not None:
             fig["peak_in_mask"] = bool(in_mask[k])
             fig["energy_in_mask"] = round(float(mask_share[k]), 6)
