@@ -237,3 +237,61 @@ def test_figures_flag_an_all_zero_map():
     figures = map_figures(dets, maps)
     assert figures[0]["no_evidence"] is True and figures[0]["peak_in_box"] is True  # the peak of nothing
     assert figures[1]["no_evidence"] is False and figures[1]["energy_in_box"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------- COCO files
+
+
+def _coco(segmentation=None) -> dict:
+    return {"images": [{"id": 1, "width": 10, "height": 10, "file_name": "a.png"}],
+            "annotations": [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "iscrowd": 0,
+                             "segmentation": segmentation or [[0, 0, 4, 0, 4, 4, 0, 4]]}],
+            "categories": [{"id": 1, "name": "person"}]}
+
+
+def test_coco_without_categories_is_refused_naming_the_file(tmp_path):
+    from dsxai.groundtruth import read_coco
+
+    data = _coco()
+    del data["categories"]
+    path = tmp_path / "nocats.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="nocats.json is not a COCO instances file: .*'categories'"):
+        read_coco(path)
+
+
+def test_annotation_without_id_gets_one_and_the_caller_dict_is_kept():
+    pytest.importorskip("pycocotools")
+    from dsxai.groundtruth import annotation_mask, coco_index, read_coco
+
+    data = _coco()
+    data["annotations"].append(dict(data["annotations"][0]))
+    del data["annotations"][1]["id"]
+    checked, _ = read_coco(data)
+    assert [a["id"] for a in checked["annotations"]] == [5, 6] and "id" not in data["annotations"][1]
+    coco = coco_index(checked)
+    assert annotation_mask(coco, checked["annotations"][1]).sum() == 16
+    del data["annotations"][0]["image_id"]
+    with pytest.raises(ValueError, match=r"annotations\[0\] lacks 'image_id'"):
+        read_coco(data)
+
+
+def test_a_bad_polygon_is_a_value_error_naming_the_annotation():
+    pytest.importorskip("pycocotools")
+    from dsxai.groundtruth import annotation_mask, coco_index, read_coco
+
+    data, _ = read_coco(_coco(segmentation=[[1, 2, 3]]))
+    with pytest.raises(ValueError, match="annotation 5 of image 1 has a segmentation that cannot be drawn"):
+        annotation_mask(coco_index(data), data["annotations"][0])
+
+
+def test_categories_are_not_matched_by_id_when_the_names_differ():
+    from dsxai.groundtruth import ignored_categories, map_classes
+
+    coco = {1: "person", 2: "bicycle", 3: "car"}
+    with pytest.raises(ValueError, match="no model class maps .*class map"):
+        map_classes({1: "disc", 2: "square", 3: "triangle"}, coco)
+    assert map_classes({1: "disc", 2: "square"}, coco, {"disc": "person", "2": "car"}) == {1: 1, 2: 3}
+    data = {"annotations": [{"category_id": c} for c in (1, 2, 3, 3)],
+            "categories": [{"id": i, "name": n} for i, n in coco.items()]}
+    assert ignored_categories(data, {1}) == ["bicycle", "car"]  # every one, not the first few
