@@ -295,3 +295,28 @@ def test_categories_are_not_matched_by_id_when_the_names_differ():
     data = {"annotations": [{"category_id": c} for c in (1, 2, 3, 3)],
             "categories": [{"id": i, "name": n} for i, n in coco.items()]}
     assert ignored_categories(data, {1}) == ["bicycle", "car"]  # every one, not the first few
+
+
+def test_explain_records_the_orientation_it_applied(tmp_path, capsys):
+    pytest.importorskip("ultralytics")
+    from PIL import Image
+
+    from dsxai.shapes import make_scenes
+
+    scene = make_scenes(1, seed=3, size=(96, 128))[0]
+    source = Image.fromarray(scene.image)
+    exif = source.getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: 128 high, 96 wide
+    path = tmp_path / "turned.jpg"
+    source.save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    out = tmp_path / "out"
+    code = main(["explain", "yolov8n.yaml", "--imgsz", "160", str(path), "--conf", "1e-6", "--max-dets", "1",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "turned.json").read_text())
+    assert record["settings"]["exif_orientation"] == [6]
+    assert record["detections"]["image_size"] == [128, 96]
+    from dsxai import explain
+
+    ex = explain("yolov8n.yaml", [path], conf=1e-6, max_dets=1, adapter_options={"imgsz": 160})
+    assert ex.settings["exif_orientation"] == [6] and ex.images[0].shape == (128, 96, 3)
