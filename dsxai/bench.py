@@ -551,8 +551,9 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     return results
 
 
-def check_bench_options(*, limit: Any, steps: Any, conf: Any, match_iou: Any, threshold: Any, tolerance: Any,
-                         gallery: Any, imgsz: Any, max_pixels: Any) -> None:
+def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25, match_iou: Any = 0.5,
+                        threshold: Any = 0.5, tolerance: Any = 15.0, gallery: Any = 2, imgsz: Any = None,
+                        max_pixels: Any = None) -> None:
     """The numeric options of :func:`run_benchmark`, refused before any output is written."""
     try:
         if limit is not None:

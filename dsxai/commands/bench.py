@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import CommandError
 
     # before --synthetic writes its scenes: a bad option leaves no output behind
-    check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, match_iou=0.5, threshold=0.5,
-                        tolerance=15.0, gallery=args.gallery, imgsz=args.imgsz, max_pixels=args.max_pixels)
+    check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, gallery=args.gallery, imgsz=args.imgsz,
+                        max_pixels=args.max_pixels)
     out = Path(args.out)
     model = args.model
     faithfulness = args.faithfulness
