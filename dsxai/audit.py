@@ -54,7 +54,6 @@ image file's resolved path; image names are unique over the whole input set (``d
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import io
@@ -73,6 +72,8 @@ from torch import Tensor
 
 from .runs import (append_json_line, check_output_folder, journal_path, read_json_lines, rewrite_json_lines,
                    unique_stems, write_manifest)
+from .groundtruth import annotation_mask, coco_index, ignored_categories, map_classes, read_coco
+from .validation import check_conf, check_imgsz, check_max_pixels, check_non_negative
 
 __all__ = [
     "audit", "AuditResult", "mask_figures", "audit_layers", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",
@@ -286,43 +287,18 @@ def _read_label_png(path: Path) -> np.ndarray:
 class _Coco:
     """COCO annotations: per image file, instance masks with the model's class ids."""
 
-    def __init__(self, source: Any, class_names: dict[int, str]):
+    def __init__(self, source: Any, class_names: dict[int, str], class_map: dict[str, str] | None = None):
+        data, what = read_coco(source)
+        self.coco = coco_index(data)
+        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
         try:
-            from pycocotools.coco import COCO
-        except ImportError as exc:  # pragma: no cover - pycocotools is an optional dependency
-            raise ImportError("--coco needs pycocotools: pip install pycocotools") from exc
-        if isinstance(source, dict):
-            data = source
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"COCO annotations not found: {path}")
-            try:
-                data = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"cannot read {path} as COCO JSON ({exc})") from None
-        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-            raise ValueError("COCO annotations need 'images' and 'annotations' lists")
-        coco = COCO()
-        coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        self.coco = coco
-        by_name = {n.lower(): i for i, n in class_names.items()}
-        categories = data.get("categories", [])
-        named = any(str(c.get("name", "")).lower() in by_name for c in categories)
-        self.category_map: dict[int, int] = {}
-        for cat in categories:  # by name when the names are the model's, else by id
-            name = str(cat.get("name", "")).lower()
-            if named and name in by_name:
-                self.category_map[int(cat["id"])] = by_name[name]
-            elif not named and (not class_names or int(cat["id"]) in class_names):
-                self.category_map[int(cat["id"])] = int(cat["id"])
-        used = {int(a["category_id"]) for a in data["annotations"]}
-        unknown_used = [str(c.get("name", c["id"])) for c in data.get("categories", [])
-                        if int(c["id"]) in used and int(c["id"]) not in self.category_map]
-        if unknown_used:
-            warnings.warn(f"COCO categories {', '.join(unknown_used)} are not classes of the model "
+            to_category = map_classes(class_names, categories, class_map)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+        self.category_map = {cat: model_id for model_id, cat in to_category.items()}
+        ignored = ignored_categories(data, set(self.category_map))
+        if ignored:
+            warnings.warn(f"COCO categories {', '.join(ignored)} are not classes of the model "
                           f"({', '.join(class_names.values())}); their annotations are ignored", stacklevel=3)
         self.by_file: dict[str, dict] = {}
         for entry in data["images"]:
@@ -349,7 +325,7 @@ class _Coco:
             cid = self.category_map.get(int(ann["category_id"]))
             if cid is None or not ann.get("segmentation"):
                 continue
-            m = self.coco.annToMask(ann).astype(bool)
+            m = annotation_mask(self.coco, ann)
             found.append(m)
             classes.append(cid)
             labels[m] = cid
@@ -631,7 +607,8 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
           resume: bool = False, arch: str | None = None, ring_px: float = RING_PX, ring_frac: float = RING_FRAC,
           max_outside: float = MAX_OUTSIDE, min_confidence: float = MIN_CONFIDENCE, min_iou: float = MIN_IOU,
           conf: float | None = None, thumbnails: str = "flagged", progress: bool = True,
-          adapter_options: dict[str, Any] | None = None, trust: bool = False) -> AuditResult:
+          adapter_options: dict[str, Any] | None = None, class_map: dict[str, str] | None = None,
+          max_pixels: int | None = None, trust: bool = False) -> AuditResult:
     """Audit every predicted mask of ``images``: evidence inside / around / outside, pointing, confidence,
     agreement with ground truth, flags with reasons and a score (see the module doc).
 
@@ -644,7 +621,8 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
             The adapter's background class (0 when it has none, e.g. YOLO) means "no object": for a model
             whose class 0 is a real class, give COCO annotations instead.
         coco: ground truth as COCO annotations (a JSON path or dict), matched by ``file_name``; categories
-            map to the model's classes by name (else by id).
+            map to the model's classes by name (by id only for models whose class names are ids), else by
+            ``class_map``; a category no class maps to is ignored with a warning naming it.
         out: folder for the journal, ``audit.json``, ``audit.csv``, ``report.html`` and thumbnails; None
             writes nothing.
         method: CAM method (default ``layercam``); layers: layer names (default :func:`audit_layers`).
@@ -661,6 +639,9 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         progress: show a tqdm progress bar on stderr.
         adapter_options: passed to the adapter when the audit builds it (e.g. ``{"imgsz": 640}``).
         trust: load a checkpoint path with full pickle, which can run code from the file (warns).
+        class_map: ``{model_class_name_or_id: coco_category_name}`` (as ``dsxai bench --class-map``) when
+            the category names are not the model's; without it, no category matching by name is an error.
+        max_pixels: refuse images above this many pixels (default ``dsxai.imaging.MAX_PIXELS``).
 
     Raises:
         FileNotFoundError / ValueError: bad inputs found before any work (no images, a missing masks folder
@@ -679,10 +660,15 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
     if thumbnails not in ("flagged", "all", "none"):
         raise ValueError(f"thumbnails must be 'flagged', 'all' or 'none', got {thumbnails!r}")
     for name, value in (("max_outside", max_outside), ("min_confidence", min_confidence), ("min_iou", min_iou)):
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if ring_px < 0 or ring_frac < 0:
-        raise ValueError("ring_px and ring_frac must be >= 0")
+        check_conf(value, name)
+    ring_px, ring_frac = check_non_negative("ring_px", ring_px), check_non_negative("ring_frac", ring_frac)
+    min_area = check_non_negative("min_area", min_area)
+    if conf is not None:
+        conf = check_conf(conf)
+    if max_pixels is not None:
+        check_max_pixels(max_pixels)
+    if adapter_options and adapter_options.get("imgsz") is not None:
+        check_imgsz(adapter_options["imgsz"])
     items = _find_images(images)
     mask_dir: Path | None = None
     mask_list: list | None = None
@@ -716,7 +702,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
             cells[size] = stride / min(adapter.preprocess(blank).geometries[0].scale) if stride else 0.0
         return cells[size]
     class_ids = resolve_classes(classes, adapter.class_names)
-    truth_source = _Coco(coco, adapter.class_names) if coco is not None else None
+    truth_source = _Coco(coco, adapter.class_names, class_map) if coco is not None else None
     if task == "segment":
         targets = "masks"
         target_options: dict[str, Any] = {"min_area": min_area}
@@ -801,7 +787,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
             record: dict[str, Any] = {"kind": "image", "image": name, "path": path, "key": key, "status": "ok",
                                       "error": None, "gt": "none", "warning": None, "rows": []}
             try:
-                image = load_image(item)
+                image = load_image(item, max_pixels)
                 h, w = image.shape[:2]
                 truth = None
                 if mask_dir is not None or mask_list is not None:

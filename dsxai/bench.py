@@ -28,10 +28,8 @@ coco_category_name}`` overrides both.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
-import io
 import json
 import logging
 import math
@@ -46,11 +44,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import groundtruth
 from . import metrics as M
 from .detections import Detections
 from .runs import append_json_line, check_output_folder, journal_path, read_json, read_json_lines, write_atomic, \
     write_manifest
+from .groundtruth import annotation_mask, coco_index, norm_name, read_coco
 from .metrics import BASELINES, baseline_maps
+from .validation import check_conf, check_imgsz, check_max_pixels, check_non_negative, check_positive_int, \
+    check_steps
 
 __all__ = [
     "METRICS",
@@ -122,9 +124,7 @@ class CocoGroundTruth:
                           for a in anns], np.float32).reshape(-1, 4)
         masks = None
         if anns and all(a.get("segmentation") for a in anns):
-            with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword DeprecationWarning
-                warnings.simplefilter("ignore", DeprecationWarning)
-                masks = np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
+            masks = np.stack([annotation_mask(self.coco, a) for a in anns])
             if masks.shape[1:] != (h, w):
                 raise BenchError(f"annotation masks of image {image_id} are {masks.shape[1:]} but the image "
                                  f"entry says {(h, w)}; fix height/width in the json")
@@ -133,11 +133,8 @@ class CocoGroundTruth:
 
 
 def load_coco(annotations: str | Path, images_dir: str | Path) -> CocoGroundTruth:
-    """Load a COCO instances json with pycocotools; clear errors for a missing, corrupt or non-COCO file."""
-    try:
-        from pycocotools.coco import COCO
-    except ImportError as exc:  # pragma: no cover - pycocotools is installed in dev
-        raise ImportError("the benchmark needs pycocotools: pip install 'dsxai[coco]'") from exc
+    """Load a COCO instances json (:func:`dsxai.groundtruth.read_coco`); clear errors for a missing, corrupt
+    or non-COCO file."""
     path = Path(annotations)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotations {path} not found; pass --coco PATH/instances.json")
@@ -146,63 +143,26 @@ def load_coco(annotations: str | Path, images_dir: str | Path) -> CocoGroundTrut
         raise FileNotFoundError(f"image folder {images} not found; pass --images DIR (file_name entries of the "
                                 "json are relative to it)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path} is not valid JSON ({exc}); pass a COCO instances file "
-                         "(e.g. instances_val2017.json)") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
-        have = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise BenchError(f"{path} is not a COCO instances file: it needs 'images', 'annotations' and "
-                         f"'categories' (found {have})")
-    coco = COCO()
-    coco.dataset = data
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-    except (KeyError, TypeError) as exc:
-        raise BenchError(f"{path} is not a valid COCO instances file: an entry lacks {exc}") from None
-    return CocoGroundTruth(coco, images, path)
+        data, _ = read_coco(path)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    return CocoGroundTruth(coco_index(data), images, path)
 
 
 def _norm(name: str) -> str:
-    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+    return norm_name(name)
 
 
 def map_classes(class_names: dict[int, str], categories: dict[int, str],
                 mapping: dict[str, str] | None = None) -> dict[int, int]:
-    """Model class id -> COCO category id.
-
-    ``mapping`` (``{model_class_name_or_id: coco_category_name}``) when given, else by name, else (no name
-    matches) by equal ids. Raises :class:`BenchError` naming both sides when nothing maps.
-    """
-    by_name = {_norm(n): cid for cid, n in categories.items()}
-    out: dict[int, int] = {}
-    if mapping:
-        names_to_id = {_norm(n): i for i, n in class_names.items()}
-        for key, target in mapping.items():
-            key_s = str(key)
-            if key_s.lstrip("-").isdigit() and int(key_s) in class_names:
-                model_id = int(key_s)
-            elif _norm(key_s) in names_to_id:
-                model_id = names_to_id[_norm(key_s)]
-            else:
-                raise BenchError(f"class map key {key_s!r} is neither a class id nor a class name of the model "
-                                 f"(classes: {_preview(class_names)})")
-            if _norm(target) not in by_name:
-                raise BenchError(f"class map value {target!r} is not a category of the annotations "
-                                 f"(categories: {_preview(categories)})")
-            out[model_id] = by_name[_norm(target)]
-    else:
-        out = {i: by_name[_norm(n)] for i, n in class_names.items() if _norm(n) in by_name}
-        if not out:
-            out = {i: i for i in class_names if i in categories and not _norm(class_names[i]).startswith("n/a")}
-            if out and any(not str(class_names[i]).isdigit() for i in out):
-                out = {}  # names exist and differ: ids are no evidence
-    if not out:
-        raise BenchError(f"no model class maps to a category of the annotations: model classes "
-                         f"{_preview(class_names)}, COCO categories {_preview(categories)}; pass --class-map FILE "
-                         "with {\"model_class_name_or_id\": \"coco_category_name\"}")
-    return out
+    """Model class id -> COCO category id (see :func:`dsxai.groundtruth.map_classes`); BenchError when
+    nothing maps."""
+    try:
+        return groundtruth.map_classes(class_names, categories, mapping)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _preview(d: dict[int, str], n: int = 8) -> str:
@@ -400,7 +360,7 @@ def _process_image(adapter: Any, gt: CocoGroundTruth, image_id: int, class_to_ca
     from .imaging import load_image
 
     info = gt.coco.imgs[image_id]
-    image = load_image(gt.image_path(image_id))
+    image = load_image(gt.image_path(image_id), cfg.extra.get("max_pixels"))
     h, w = image.shape[:2]
     if (h, w) != (int(info["height"]), int(info["width"])):
         raise BenchError(f"{gt.image_path(image_id)} is {w}x{h} but the json says {info['width']}x{info['height']}")
@@ -475,7 +435,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   arch: str | None = None, faithfulness: bool | None = None, steps: int = 20,
                   tolerance: float = 15.0, threshold: float = 0.5, match_iou: float = 0.5, conf: float = 0.25,
                   explain_model: nn.Module | None = None, gallery: int = 2, progress: bool = True,
-                  trust: bool = False) -> dict[str, Any]:
+                  max_pixels: int | None = None, trust: bool = False) -> dict[str, Any]:
     """Run the localization benchmark and write its outputs to ``out``; returns the ``results.json`` dict.
 
     Args:
@@ -497,9 +457,16 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
             :func:`randomized_copy`) while detections come from the adapter's model.
         gallery: best and worst pairs per method shown in the gallery (0 = no gallery).
         trust: load a checkpoint path with full pickle, which can run code from the file (warns).
+        max_pixels: refuse images above this many pixels (default ``dsxai.imaging.MAX_PIXELS``).
+
+    Raises:
+        ValueError (BenchError): a bad option, before any work; every image failed (after the outputs
+        are written), with the first image's error.
     """
     from .methods import get_method
 
+    check_bench_options(limit=limit, steps=steps, conf=conf, match_iou=match_iou, threshold=threshold,
+                         tolerance=tolerance, gallery=gallery, imgsz=imgsz, max_pixels=max_pixels)
     out = Path(out)
     check_output_folder(out, [a for a in (annotations,) if isinstance(a, (str, Path))],
                         scanned=[i for i in (images,) if isinstance(i, (str, Path))], own=[out / SYNTHETIC_DIR])
@@ -530,6 +497,11 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
             raise BenchError(f"categories {sorted(unknown)} are not in the annotations "
                              f"(categories: {_preview(gt.categories)})")
         class_to_cat = {k: v for k, v in class_to_cat.items() if _norm(gt.categories[v]) in wanted}
+    else:
+        ignored = groundtruth.ignored_categories(gt.coco.dataset, set(class_to_cat.values()))
+        if ignored:
+            warnings.warn(f"COCO categories {', '.join(ignored)} are not classes of the model; their objects are "
+                          "not benchmarked (pass --class-map to map them)", stacklevel=2)
         if not class_to_cat:
             raise BenchError(f"no model class maps to the categories {sorted(wanted)}; pass --class-map FILE")
     category_ids = sorted(set(class_to_cat.values()))
@@ -542,7 +514,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   threshold=float(threshold), match_iou=float(match_iou), conf=float(conf),
                   class_map={str(k): gt.categories[v] for k, v in class_to_cat.items()},
                   extra={"explain_model": explain_model is not None, "device": str(adapter.device),
-                         "imgsz": imgsz, "arch": arch})
+                         "imgsz": imgsz, "arch": arch, "max_pixels": max_pixels})
     journal = journal_path(out, JOURNAL)
     config_path = out / CONFIG
     if resume and config_path.is_file():
@@ -587,7 +559,32 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     # lists exactly this run's files: an earlier run's gallery pictures in the same folder are removed
     write_manifest(out, MANIFEST, {"format": "dsxai.bench/1"},
                    [CONFIG, JOURNAL, *(p.relative_to(out).as_posix() for p in written + galleries)])
+    failed = [r for r in records if r.get("status") == "error"]
+    if records and len(failed) == len(records):
+        raise BenchError(f"every image failed ({len(records)}; see {out / RESULTS}); first error: "
+                         f"{failed[0]['error']}")
     return results
+
+
+def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25, match_iou: Any = 0.5,
+                        threshold: Any = 0.5, tolerance: Any = 15.0, gallery: Any = 2, imgsz: Any = None,
+                        max_pixels: Any = None) -> None:
+    """The numeric options of :func:`run_benchmark`, refused before any output is written."""
+    try:
+        if limit is not None:
+            check_positive_int("limit", limit)
+        check_steps(steps)
+        check_conf(conf)
+        check_conf(match_iou, "match_iou")
+        check_conf(threshold, "threshold")
+        check_non_negative("tolerance", tolerance)
+        check_non_negative("gallery", gallery)
+        if imgsz is not None:
+            check_imgsz(imgsz)
+        if max_pixels is not None:
+            check_max_pixels(max_pixels)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class _NoBar:
@@ -770,7 +767,7 @@ def _write_gallery(out: Path, adapter: Any, gt: CocoGroundTruth, records: list[d
         chosen = rows[::-1][:k] + [t for t in rows[:k] if t not in rows[::-1][:k]]
         pictures = []
         for value, r, j in chosen:
-            image = load_image(gt.image_path(r["image_id"]))
+            image = load_image(gt.image_path(r["image_id"]), cfg.extra.get("max_pixels"))
             dets, maps = _explain(adapter, image, method, {"conf": cfg.conf, "classes": sorted(class_to_cat)},
                                   explain_model)
             pair = r["pairs"][j]
@@ -807,6 +804,10 @@ def write_synthetic_coco(out_dir: str | Path, scenes: int = 24) -> tuple[Path, P
     from .shapes import make_scenes, write_coco
     from .zoo import TEST_SEED
 
+    try:
+        scenes = check_positive_int("scenes", scenes)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
     out_dir = Path(out_dir)
     path = write_coco(make_scenes(scenes, TEST_SEED), out_dir)
     return path, out_dir / "images"

@@ -53,6 +53,33 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return flat.view_as(maps)
 
 
+_NO_EVIDENCE_WARNED: set[tuple[int, str]] = set()
+
+
+def warn_no_evidence(model: nn.Module, names: Sequence[str], cams: Sequence[Tensor]) -> list[str]:
+    """Warn (once per model and layer) about layers whose maps hold no positive value; returns their names.
+
+    A layer that no gradient reaches, or whose map is 1x1 (pooled or fully connected), yields all-zero maps
+    that would otherwise look like "no evidence anywhere" in pictures and figures.
+    """
+    blank = []
+    for name, cam in zip(names, cams):
+        if cam.numel() == 0:
+            continue
+        one_cell = cam.shape[-1] * cam.shape[-2] == 1
+        if not one_cell and bool((torch.nan_to_num(cam.detach()) > 0).any()):
+            continue
+        blank.append(name)
+        if (id(model), name) in _NO_EVIDENCE_WARNED:
+            continue
+        _NO_EVIDENCE_WARNED.add((id(model), name))
+        why = "its map is 1x1 (a pooled or fully connected output)" if one_cell else \
+            "every map is zero (no gradient reaches it, or nothing there raises the score)"
+        warnings.warn(f"layer {name!r} gives no evidence: {why}; its heatmaps are blank. Pick another layer "
+                      "(dsxai.layers.list_layers, or `dsxai layers MODEL`, lists them)", UserWarning, stacklevel=4)
+    return blank
+
+
 def fuse_sources(cams: Sequence[Tensor], size: tuple[int, int], how: str = "mean") -> Tensor:
     """Low-resolution maps ``[N, h_k, w_k]`` of each source -> one ``[N, H, W]`` map in [0, 1].
 
@@ -263,6 +290,7 @@ class BaseCAM:
             empty = [x.new_zeros((0,) + tuple(size), dtype=torch.float32) for _ in counts]
             return empty, [flat_scores.detach().float()[:0] for _ in counts], ragged
         low_res = self._low_res_maps(x, sources, output, targets, flat_scores, image_of, counts)
+        warn_no_evidence(self.model, [s.name for s in sources], low_res)
         fused = fuse_sources(low_res, tuple(size), self.fuse)
         if self._class_agnostic:  # one map per image, upsampled once, then copied for each of its targets
             fused = fused[image_of]

@@ -21,11 +21,13 @@ from torch import Tensor
 
 from ._version import __version__
 from .detections import Detections
-from .imaging import ImageLike, load_images
+from .imaging import ImageLike, load_images, read_orientation
 from .metrics import energy_pointing_game
 from .methods import BaseCAM, get_method
 from .render import render_detections, render_grid, render_masks, render_panels, write_png
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
+from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
+    check_positive_int
 
 __all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes", "check_stem", "write_index"]
 
@@ -65,7 +67,9 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
 
     Keys: ``index``, ``label``, ``name``, ``score``, ``box`` (xyxy), ``peak`` ([x, y] pixel of the
     maximum), ``peak_value``, ``peak_in_box``, ``energy_in_box`` (share of the map's mass inside its
-    own box) and, when the detections have masks, ``peak_in_mask`` and ``energy_in_mask``.
+    own box), ``no_evidence`` (the map is all zero: nothing positive at the explained layers, see
+    ``dsxai.engine.warn_no_evidence``) and, when the detections have masks, ``peak_in_mask`` and
+    ``energy_in_mask``.
     """
     if len(detections) != len(maps):
         raise ValueError(f"got {len(maps)} maps for {len(detections)} detections")
@@ -76,6 +80,7 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
     peak_value, peak = flat.max(1)
     py, px = peak // w, peak % w
     boxes = _box_regions(detections.boxes, (h, w), maps.device)
+    has = peak_value > 0  # an all-zero map: its peak and shares say nothing (the layer gave no evidence)
     rows = torch.arange(len(maps), device=maps.device)
     in_box, box_share = boxes[rows, py, px], energy_pointing_game(maps, boxes)
     masks = None if detections.masks is None else detections.masks.to(maps.device)
@@ -87,7 +92,7 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
         fig = {"index": k, "label": int(label), "name": name, "score": round(float(score), 6),
                "box": [round(float(v), 2) for v in box], "peak": [int(px[k]), int(py[k])],
                "peak_value": round(float(peak_value[k]), 6), "peak_in_box": bool(in_box[k]),
-               "energy_in_box": round(float(box_share[k]), 6)}
+               "energy_in_box": round(float(box_share[k]), 6), "no_evidence": not bool(has[k])}
         if masks is not None:
             fig["peak_in_mask"] = bool(in_mask[k])
             fig["energy_in_mask"] = round(float(mask_share[k]), 6)
@@ -374,6 +379,33 @@ def resolve_classes(classes: Any, class_names: dict[int, str]) -> list[int] | No
     return ids
 
 
+def _check_options(conf: Any, max_dets: Any, batch_size: Any, max_pixels: Any,
+                   adapter_options: dict[str, Any] | None, options: dict[str, Any]) -> None:
+    """The numeric options of :func:`explain`, checked before the model is loaded (ValueError names the option)."""
+    if conf is not None:
+        check_conf(conf)
+    if max_dets is not None:
+        check_max_dets(max_dets)
+    check_positive_int("batch_size", batch_size)
+    if max_pixels is not None:
+        check_max_pixels(max_pixels)
+    if adapter_options and adapter_options.get("imgsz") is not None:
+        check_imgsz(adapter_options["imgsz"])
+    if options.get("min_area") is not None:
+        check_non_negative("min_area", options["min_area"])
+    if options.get("iou") is not None:
+        check_conf(options["iou"], "iou")
+
+
+def _as_list(images: Any) -> list[Any]:
+    """The images of an :func:`explain` call as a list, as :func:`~dsxai.imaging.load_images` sees them."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, Tensor) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
 def _method_option_names(method_cls: type[BaseCAM]) -> set[str]:
     names: set[str] = set()
     for klass in method_cls.__mro__:
@@ -387,7 +419,8 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
             layers: Sequence[str] | str | None = None, targets: str | None = None, conf: float | None = None,
             classes: Sequence[int | str] | int | str | None = None, max_dets: int | None = None,
             device: str | torch.device | None = None, batch_size: int = 4,
-            adapter_options: dict[str, Any] | None = None, trust: bool = False, **options: Any) -> Explanation:
+            adapter_options: dict[str, Any] | None = None, max_pixels: int | None = None, trust: bool = False,
+            **options: Any) -> Explanation:
     """Detections and one heatmap per detection (or mask) for each image.
 
     Args:
@@ -410,10 +443,17 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
             (e.g. ``{"imgsz": 1280}`` for YOLO, ``{"arch": "smp:Unet:resnet34"}``).
         trust: load a checkpoint path with full pickle, which can run code from the file (warns);
             by default only allow-listed classes are unpickled.
+        max_pixels: refuse images above this many pixels (default ``dsxai.imaging.MAX_PIXELS``).
         **options: method options (``noise_samples``, ``hflip``, ``chunk_size``, ...) and target
             options of the adapter (``iou``, ``min_area``, ``per``, ...), told apart by name.
+
+    Raises:
+        ValueError: a bad option (``conf`` outside [0, 1], ``max_dets < 1``, ``imgsz`` out of range, ...)
+        or image (truncated, above ``max_pixels``), before any model work.
     """
     from dsxai.adapter import Adapter
+
+    _check_options(conf, max_dets, batch_size, max_pixels, adapter_options, options)
 
     if isinstance(model_or_adapter, Adapter):
         adapter = model_or_adapter
@@ -429,8 +469,6 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
     targets = targets or adapter.default_targets
     method = method or DEFAULT_METHOD.get(task, "layercam")
     method_cls = get_method(method)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(layers, str):
         layers = [layers]
     used_layers = list(layers) if layers else list(adapter.default_layers)
@@ -453,7 +491,7 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
             target_options["conf"] = conf
         if max_dets is not None:
             target_options["max_dets"] = max_dets
-    originals = load_images(images)
+    originals = load_images(images, max_pixels)
     all_dets: list[Detections] = []
     all_maps: list[Tensor] = []
     for start in range(0, len(originals), batch_size):
@@ -470,5 +508,6 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
         "layers": [str(x) for x in used_layers], "targets": targets, "conf": conf, "classes": class_ids,
         "max_dets": max_dets, "device": str(adapter.device), "adapter": type(adapter).__name__,
         "task": task, "options": _jsonable(options), "dsxai": __version__,
+        "exif_orientation": [read_orientation(i) for i in _as_list(images)],
     }
     return Explanation(detections=all_dets, maps=all_maps, images=originals, settings=settings)

@@ -11,38 +11,143 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ImageLike", "load_image", "load_images", "Geometry", "letterbox", "resize_to"]
+__all__ = ["ImageLike", "MAX_PIXELS", "load_image", "load_images", "read_orientation", "apply_orientation",
+           "Geometry", "letterbox", "resize_to"]
 
 ImageLike = Any  # path, HxWx{1,3,4} uint8/float array, PIL image, or CxHxW / HxWxC tensor
 
+#: Largest image (height x width) loaded unless the caller raises it (``max_pixels=``, ``--max-pixels``).
+#: Maps are kept per detection at the original resolution: a 100-megapixel image took 9 GB and minutes
+#: for a handful of boxes, so bigger images are refused up front rather than exhausting memory midway.
+MAX_PIXELS = 40_000_000
 
-def load_image(image: ImageLike) -> np.ndarray:
-    """Any supported image as an ``H x W x 3`` uint8 RGB array (grayscale and RGBA converted)."""
+_EXIF_ORIENTATION = 0x0112
+
+
+def load_image(image: ImageLike, max_pixels: int | None = None) -> np.ndarray:
+    """Any supported image as an ``H x W x 3`` uint8 RGB array (grayscale and RGBA converted).
+
+    Files: the EXIF orientation of a JPEG is applied (as PIL's ``exif_transpose``; see
+    :func:`read_orientation`), a truncated JPEG is refused, and an unreadable file says why.
+    Images above ``max_pixels`` (default :data:`MAX_PIXELS`) pixels are refused.
+    """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if data is None:
-            raise ValueError(f"cannot read {path} as an image (unsupported or corrupt file)")
-        if data.ndim == 3 and data.shape[2] == 4:
-            data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
-        elif data.ndim == 3:
-            data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
-        return _to_rgb_uint8(data, str(path))
-    if type(image).__module__.startswith("PIL"):
-        return _to_rgb_uint8(np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB")), "PIL image")
-    if isinstance(image, Tensor):
+        array = _read_file(Path(image))
+        what = str(image)
+    elif type(image).__module__.startswith("PIL"):
+        array = _to_rgb_uint8(np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB")), "PIL image")
+        what = "PIL image"
+    elif isinstance(image, Tensor):
         data = image.detach().cpu()
         if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 3, 4):
             data = data.permute(1, 2, 0)
-        return _to_rgb_uint8(data.numpy(), "tensor")
-    if isinstance(image, np.ndarray):
-        return _to_rgb_uint8(image, "array")
-    raise TypeError(
-        f"unsupported image type {type(image).__name__}; give a file path, an HxWx3 uint8 array, "
-        "a PIL image or a CxHxW tensor"
-    )
+        array, what = _to_rgb_uint8(data.numpy(), "tensor"), "tensor"
+    elif isinstance(image, np.ndarray):
+        array, what = _to_rgb_uint8(image, "array"), "array"
+    else:
+        raise TypeError(
+            f"unsupported image type {type(image).__name__}; give a file path, an HxWx3 uint8 array, "
+            "a PIL image or a CxHxW tensor"
+        )
+    _check_pixels(array, what, max_pixels)
+    return array
+
+
+def _check_pixels(array: np.ndarray, what: str, max_pixels: int | None) -> None:
+    """Refuse an image above the pixel limit, naming the way to raise it."""
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    h, w = array.shape[:2]
+    if h * w > limit:
+        raise ValueError(f"{what} is {w}x{h} = {h * w / 1e6:.1f} megapixels, above the limit of "
+                         f"{limit / 1e6:g}; downscale it or raise the limit (max_pixels=, --max-pixels)")
+
+
+def _read_file(path: Path) -> np.ndarray:
+    """Decode an image file: clear errors for missing, unreadable, truncated or corrupt files."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise PermissionError(f"cannot read {path}: permission denied (check the file's permissions)") from None
+    if raw[:2] == b"\xff\xd8" and not _jpeg_complete(raw):
+        raise ValueError(f"{path} is truncated or damaged (the JPEG stops before its end marker); "
+                         "re-export or re-download it")
+    data = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ValueError(f"cannot read {path} as an image (unsupported or corrupt file)")
+    if data.ndim == 3 and data.shape[2] == 4:
+        data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
+    elif data.ndim == 3:
+        data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+    return apply_orientation(_to_rgb_uint8(data, str(path)), _exif_orientation(raw))
+
+
+def _jpeg_complete(raw: bytes) -> bool:
+    """A JPEG whose end-of-image marker follows its last scan (libjpeg only warns and pads grey).
+
+    Entropy-coded data never holds an unstuffed 0xFF 0xD9 or 0xFF 0xDA, so an EOI after the last
+    start-of-scan is the real end even when trailing bytes follow it; an EXIF thumbnail's EOI lies
+    before the first scan and does not count.
+    """
+    return raw.rfind(b"\xff\xd9") > raw.rfind(b"\xff\xda") > 0
+
+
+def read_orientation(image: ImageLike) -> int:
+    """The EXIF orientation (1..8) of a JPEG file that :func:`load_image` applies; 1 for anything else."""
+    if not isinstance(image, (str, Path)) or not Path(image).is_file():
+        return 1
+    try:
+        with open(image, "rb") as f:
+            return _exif_orientation(f.read(1 << 16))
+    except OSError:
+        return 1
+
+
+def _exif_orientation(raw: bytes) -> int:
+    """The orientation tag of a JPEG's EXIF block (1 when absent or unreadable)."""
+    if raw[:2] != b"\xff\xd8":
+        return 1
+    pos = 2
+    while pos + 4 <= len(raw) and raw[pos] == 0xFF:
+        marker, length = raw[pos + 1], int.from_bytes(raw[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: no more header segments
+            return 1
+        segment = raw[pos + 4:pos + 2 + length]
+        if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
+            return _tiff_orientation(segment[6:])
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Tag 0x0112 of IFD0 of a TIFF-structured EXIF block."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for k in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        entry = tiff[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+        if len(entry) == 12 and int.from_bytes(entry[:2], order) == _EXIF_ORIENTATION:
+            value = int.from_bytes(entry[8:10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an ``H x W x C`` array as EXIF ``orientation`` says (the transforms of PIL's ``exif_transpose``)."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }.get(int(orientation))
+    return image if turned is None else np.ascontiguousarray(turned(image))
 
 
 def _to_rgb_uint8(data: np.ndarray, what: str) -> np.ndarray:
@@ -72,15 +177,15 @@ def _to_rgb_uint8(data: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(data)
 
 
-def load_images(images: ImageLike | Sequence[ImageLike]) -> list[np.ndarray]:
-    """One image or a sequence of them, each as ``H x W x 3`` uint8 RGB."""
+def load_images(images: ImageLike | Sequence[ImageLike], max_pixels: int | None = None) -> list[np.ndarray]:
+    """One image or a sequence of them, each as ``H x W x 3`` uint8 RGB (see :func:`load_image`)."""
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("no images given")
-        return [load_image(i) for i in images]
+        return [load_image(i, max_pixels) for i in images]
     if isinstance(images, Tensor) and images.ndim == 4:
-        return [load_image(i) for i in images]
-    return [load_image(images)]
+        return [load_image(i, max_pixels) for i in images]
+    return [load_image(images, max_pixels)]
 
 
 @dataclass(frozen=True)

@@ -535,3 +535,38 @@ def test_a_rerun_removes_the_earlier_runs_thumbnails(cue_models, moved, tmp_path
     assert kept == sorted(["mine.png"] + [Path(r["thumbnail"]).name for r in second.rows if r["thumbnail"]])
     listed = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
     assert "audit.jsonl" in listed and all(f"thumbs/{n}" in listed for n in kept if n != "mine.png")
+
+
+def test_coco_problems_fail_one_image_or_up_front(cue_models, moved, tmp_path):
+    from dsxai.shapes import coco_dict
+
+    root, scenes = moved
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("scene00", "scene03", "scene04"):
+        shutil.copy(root / "images" / f"{name}.png", images / f"{name}.png")
+    data = coco_dict(scenes, [f"scene{i:02d}.png" for i in range(len(scenes))])
+    data["categories"] = [{"id": 1, "name": "square"}, {"id": 2, "name": "triangle"}]  # the cue world's labels
+    bad = next(a for a in data["annotations"] if a["image_id"] == 1)
+    bad["segmentation"] = [[1, 2, 3]]  # pycocotools raises a bare Exception on it
+    del next(a for a in data["annotations"] if a["image_id"] == 4)["id"]  # given one, no traceback
+    adapter = cue_adapter(cue_models["fair"])
+    result = audit(adapter, images, coco=data, min_area=30, progress=False)
+    status = {i["image"]: i for i in result.images}
+    assert status["scene00"]["status"] == "error" and "cannot be drawn" in status["scene00"]["error"]
+    assert status["scene03"]["status"] == "ok" and status["scene03"]["gt"] == "coco"
+    assert status["scene04"]["status"] == "ok" and status["scene04"]["gt"] == "coco"
+
+    renamed = coco_dict(scenes, [f"scene{i:02d}.png" for i in range(len(scenes))])
+    renamed["categories"] = [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}]  # same ids, other names
+    with pytest.raises(ValueError, match="no model class maps to a category .*class_map="):
+        audit(adapter, images, coco=renamed, out=tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+    names = {c["id"]: c["name"] for c in renamed["categories"]}
+    class_map = {adapter.class_names[i]: names[i] for i in adapter.class_names if i in names}
+    mapped = audit(adapter, images, coco=renamed, class_map=class_map, min_area=30, progress=False)
+    assert all(i["status"] == "ok" and i["gt"] == "coco" for i in mapped.images)
+    no_categories = dict(renamed)
+    del no_categories["categories"]
+    with pytest.raises(ValueError, match="needs 'images', 'annotations' and 'categories'"):
+        audit(adapter, images, coco=no_categories, progress=False)

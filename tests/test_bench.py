@@ -297,3 +297,38 @@ def test_a_symlinked_journal_is_refused(adapter, tmp_path):
         bench.run_benchmark(adapter, ann, images, tmp_path / "out", methods=["layercam"], faithfulness=False,
                             gallery=0, progress=False, resume=True)
     assert victim.read_text() == "precious\n"
+
+
+@needs_yolo
+def test_every_image_failing_is_an_error_with_the_first_cause(adapter, tmp_path, capsys):
+    ann, images = bench.write_synthetic_coco(tmp_path / "data", scenes=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(bench.BenchError, match="every image failed .*first error: FileNotFoundError: image not found"):
+        bench.run_benchmark(adapter, ann, empty, tmp_path / "out", methods=["layercam"], faithfulness=False,
+                            gallery=0, progress=False)
+    assert (tmp_path / "out" / "results.json").is_file()  # the record of what failed is kept
+    code = main(["bench", "shapes-yolo", "--coco", str(ann), "--images", str(empty), "--out", str(tmp_path / "cli"),
+                 "--methods", "layercam", "--gallery", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every image failed" in err and "--conf" not in err
+
+
+@needs_yolo
+def test_no_detections_blames_conf_and_a_bad_polygon_fails_only_its_image(tmp_path, capsys):
+    ann, images = bench.write_synthetic_coco(tmp_path / "data", scenes=3)
+    code = main(["bench", "shapes-yolo", "--coco", str(ann), "--images", str(images), "--out", str(tmp_path / "a"),
+                 "--methods", "layercam", "--gallery", "0", "--no-progress", "--conf", "1"])
+    assert code == 0 and "no detections in 3 image(s) at --conf 1.0" in capsys.readouterr().err
+    data = json.loads(ann.read_text())
+    first = data["annotations"][0]
+    first["segmentation"] = [[1, 2, 3]]  # pycocotools raises a bare Exception on it
+    del data["annotations"][1]["id"]     # given one, no traceback
+    ann.write_text(json.dumps(data))
+    code = main(["bench", "shapes-yolo", "--coco", str(ann), "--images", str(images), "--out", str(tmp_path / "b"),
+                 "--methods", "layercam", "--gallery", "0", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["counts"]["images_failed"] == 1 and results["counts"]["images_ok"] == 2
+    assert results["errors"][0]["image_id"] == first["image_id"]
+    assert "annotation 1 of image" in results["errors"][0]["error"] and "cannot be drawn" in results["errors"][0]["error"]

@@ -52,6 +52,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
                         "smp:Unet:resnet34")
     add_trust_flag(parser)
+    parser.add_argument("--class-map", default=None, help="JSON file {model_class_name_or_id: coco_category_name} "
+                        "for --coco categories not named as the model's classes")
+    parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels "
+                        "(default: 40000000, dsxai.imaging.MAX_PIXELS)")
     parser.set_defaults(run=run)
 
 
@@ -71,6 +75,22 @@ def run(args: argparse.Namespace) -> int:
     return _summary(result)
 
 
+def _class_map(path: str | None) -> dict | None:
+    """The --class-map JSON object, or None."""
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return None
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--class-map {path} is not valid JSON ({exc})") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"--class-map {path} must be a JSON object {{model_class: coco_category_name}}")
+    return mapping
+
+
 def _audit(args: argparse.Namespace, classes, layers):
     from ..audit import audit
 
@@ -78,7 +98,8 @@ def _audit(args: argparse.Namespace, classes, layers):
                  layers=layers, classes=classes, min_area=args.min_area, device=args.device, resume=args.resume,
                  arch=args.arch, ring_px=args.ring_px, ring_frac=args.ring_frac, max_outside=args.max_outside,
                  min_confidence=args.min_confidence, min_iou=args.min_iou, conf=args.conf,
-                 thumbnails=args.thumbnails, trust=trust_checkpoint(args))
+                 thumbnails=args.thumbnails, class_map=_class_map(args.class_map), max_pixels=args.max_pixels,
+                 trust=trust_checkpoint(args))
 
 
 def _summary(result) -> int:

@@ -42,13 +42,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--scenes", type=int, default=24, help="scenes of --synthetic (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_trust_flag(parser)
+    parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels "
+                        "(default: 40000000, dsxai.imaging.MAX_PIXELS)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import FAITHFULNESS_AUTO_LIMIT, SYNTHETIC_DIR, run_benchmark, write_synthetic_coco
+    from ..bench import (FAITHFULNESS_AUTO_LIMIT, SYNTHETIC_DIR, check_bench_options, run_benchmark,
+                         write_synthetic_coco)
     from ..cli import CommandError
 
+    # before --synthetic writes its scenes: a bad option leaves no output behind
+    check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, gallery=args.gallery, imgsz=args.imgsz,
+                        max_pixels=args.max_pixels)
     out = Path(args.out)
     model = args.model
     faithfulness = args.faithfulness
@@ -72,13 +78,16 @@ def run(args: argparse.Namespace) -> int:
         model, annotations, images, out, methods=args.methods.split(","), limit=args.limit,
         categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
         imgsz=args.imgsz, arch=args.arch, faithfulness=faithfulness, steps=args.steps, conf=args.conf,
-        gallery=args.gallery, progress=not args.no_progress, trust=trust_checkpoint(args),
+        gallery=args.gallery, progress=not args.no_progress, max_pixels=args.max_pixels, trust=trust_checkpoint(args),
     )
     c = results["counts"]
     print(f"{c['images_ok']} images ({c['images_failed']} failed), {c['matched']} pairs, "
           f"{c['unmatched_detections']} unmatched detections, {c['missed_gt']} missed objects")
-    if c["matched"] == 0:
-        print(f"warning: no detection matched a ground-truth object ({c['detections']} detections); check --conf, "
+    if c["images_ok"] and c["detections"] == 0:
+        print(f"warning: no detections in {c['images_ok']} image(s) at --conf {args.conf}; lower --conf or check "
+              "the model", file=sys.stderr)
+    elif c["matched"] == 0:
+        print(f"warning: no detection matched a ground-truth object ({c['detections']} detections); check "
               "--class-map and --images", file=sys.stderr)
     for kind in ("methods", "baselines"):
         for name, entry in results[kind].items():

@@ -40,6 +40,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes", default=None, help="comma-separated class names or ids to keep")
     parser.add_argument("--max-dets", type=int, default=None, help="at most this many detections per image")
     parser.add_argument("--imgsz", type=int, default=None, help="network input size (YOLO models)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels "
+                        "(default: 40000000, dsxai.imaging.MAX_PIXELS)")
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
                         "fasterrcnn_resnet50_fpn or smp:Unet:resnet34")
     parser.add_argument("--out", default="out/explain", help="output folder (default: out/explain)")
@@ -88,6 +90,20 @@ def scanned_folders(specs: list[str]) -> list[Path]:
     return folders
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """The numeric options of ``explain`` (same checks and wording as the Python API), before any work."""
+    from ..validation import check_conf, check_imgsz, check_max_dets, check_max_pixels
+
+    if args.conf is not None:
+        check_conf(args.conf)
+    if args.max_dets is not None:
+        check_max_dets(args.max_dets)
+    if args.imgsz is not None:
+        check_imgsz(args.imgsz)
+    if args.max_pixels is not None:
+        check_max_pixels(args.max_pixels)
+
+
 def load_model(model: str, arch: str | None, imgsz: int | None, device: str | None, trust: bool = False):
     """A zoo name or a checkpoint path -> adapter (``imgsz`` only for models that take it)."""
     from ..zoo import ZOO_MODELS, load_adapter
@@ -111,7 +127,7 @@ def load_model(model: str, arch: str | None, imgsz: int | None, device: str | No
 def run(args: argparse.Namespace) -> int:
     from ..cli import CommandError
     from ..explanation import DERIVED_SUFFIXES, explain, write_index
-    from ..imaging import load_image
+    from ..imaging import load_image, read_orientation
     from ..layers import resolve_layers
     from ..methods import get_method
     from ..render import _lut
@@ -122,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
     _lut(args.colormap)
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.max_dets is not None and args.max_dets < 1:
-        raise CommandError(f"--max-dets must be at least 1, got {args.max_dets}")
+    check_options(args)
     paths = find_images(args.images)
     out = Path(args.out)
     check_output_folder(out, paths, scanned=scanned_folders(args.images))
@@ -137,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
         classes = resolve_classes([c.strip() for c in args.classes.split(",") if c.strip()], adapter.class_names)
     for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
-        load_image(path)
+        load_image(path, args.max_pixels)
 
     stems = unique_stems(paths, derived=DERIVED_SUFFIXES)
     progress = _progress(len(paths))
@@ -147,10 +162,11 @@ def run(args: argparse.Namespace) -> int:
     settings: dict = {}
     try:
         for path, stem in zip(paths, stems):
-            image = load_image(path)
+            image = load_image(path, args.max_pixels)
             ex = explain(adapter, [image], method=args.method, layers=layers, targets=args.targets, conf=args.conf,
-                         classes=classes, max_dets=args.max_dets)
+                         classes=classes, max_dets=args.max_dets, max_pixels=args.max_pixels)
             ex.settings["image"] = str(path)
+            ex.settings["exif_orientation"] = [read_orientation(path)]
             method = ex.settings["method"]
             written += ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
             done.append(stem)
