@@ -1,5 +1,5 @@
 """The JSON-lines journal that makes bench and audit runs resumable."""
-from dsxai.journal import append_json_line, read_json_lines
+from dsxai.runs import append_json_line, read_json_lines
 
 
 def test_journal_round_trip_skips_a_torn_line(tmp_path):
