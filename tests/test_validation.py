@@ -1,7 +1,6 @@
 """Bad input is refused up front, with one message for Python and the CLI: options, images, COCO files."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import os

@@ -153,7 +153,6 @@ def build_shapes_fasterrcnn(num_classes: int = len(SHAPES_CLASSES) + 1, image_si
     ``GeneralizedRCNNTransform`` keeps scene-sized images (``min_size=max_size=image_size``) and normalises with
     mean 0.5 / std 0.25, so pass float RGB images in ``[0, 1]``.
     """
-    import torch
     from torch import nn
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
