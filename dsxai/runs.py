@@ -262,7 +262,7 @@ def check_output_folder(out: str | os.PathLike, inputs: Iterable[str | os.PathLi
 
     def refuse(what: str, where: Path) -> None:
         raise ValueError(f"output folder {out} {what} {where}; outputs could overwrite or be read back as "
-                         f"inputs: choose an output folder outside {where}")
+                         f"inputs: choose an output folder outside {where if where.is_dir() else where.parent}")
 
     for item in inputs:
         folder = Path(os.path.realpath(item))

@@ -55,9 +55,13 @@ def check_max_dets(max_dets: Any, name: str = "max_dets") -> int:
 
 def check_steps(steps: Any, name: str = "steps") -> int:
     """Steps of a deletion / insertion curve: at least 2 (an AUC needs two points)."""
-    steps = check_positive_int(name, steps)
+    message = f"{name} must be a whole number >= 2 (a curve needs two points), got {steps!r}"
+    try:
+        steps = check_positive_int(name, steps)
+    except ValueError:
+        raise ValueError(message) from None
     if steps < 2:
-        raise ValueError(f"{name} must be a whole number >= 2 (a curve needs two points), got {steps}")
+        raise ValueError(message)
     return steps
 
 

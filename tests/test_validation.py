@@ -37,7 +37,7 @@ def test_checks_return_the_canonical_value():
     (validation.check_positive_int, ("limit", -2), "limit must be a whole number >= 1, got -2"),
     (validation.check_positive_int, ("scenes", 2.5), "scenes must be a whole number >= 1"),
     (validation.check_steps, (1,), "steps must be a whole number >= 2"),
-    (validation.check_steps, (0,), "steps must be a whole number >= 1, got 0"),
+    (validation.check_steps, (0,), "steps must be a whole number >= 2 .*got 0"),
     (validation.check_non_negative, ("ring_px", math.nan), "ring_px must be a finite number >= 0, got nan"),
     (validation.check_non_negative, ("min_area", -1), "min_area must be a finite number >= 0, got -1.0"),
     (validation.check_imgsz, (100000,), r"imgsz must be in \[32, 8192\] pixels, got 100000"),
@@ -89,7 +89,7 @@ def test_cli_explain_refuses_bad_options_and_writes_nothing(tmp_path, capsys, ar
 
 @pytest.mark.parametrize("argv, message", [
     (["--limit", "-2"], "limit must be a whole number >= 1, got -2"),
-    (["--steps", "0"], "steps must be a whole number >= 1, got 0"),
+    (["--steps", "0"], "steps must be a whole number >= 2 (a curve needs two points), got 0"),
     (["--steps", "1"], "steps must be a whole number >= 2"),
     (["--scenes", "0"], "scenes must be a whole number >= 1, got 0"),
     (["--conf", "-1"], "conf must be a number in [0, 1], got -1.0"),
