@@ -1,8 +1,9 @@
 """Model adapters: one module per model family (installed as ``dsxai.adapters``).
 
 Each family's library is imported lazily, so ``import dsxai.adapters`` needs only
-the core dependencies. :func:`load` picks the adapter for a model object or a
-checkpoint path.
+the core dependencies. :func:`resolve` is the one entry point: it turns a registered
+name (``"shapes-unet"``), a checkpoint path, a model object or an adapter into an
+adapter; :func:`load` is its path and object branch, kept public for compatibility.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from torch import nn
 from dsxai.adapter import Adapter
 
 from .checkpoint import UnsafeCheckpointError, checkpoint_family, load_checkpoint
+from .registry import UnknownOptionError, register, registered_names, resolve, unregister
 
-__all__ = ["load", "TORCHVISION_ARCHS", "UnsafeCheckpointError"]
+__all__ = ["resolve", "register", "unregister", "registered_names", "load", "TORCHVISION_ARCHS",
+           "UnsafeCheckpointError", "UnknownOptionError"]
 
 #: ``arch`` values for torchvision detection state dicts (``torchvision.models.get_model`` names)
 TORCHVISION_ARCHS = (
@@ -38,7 +41,7 @@ _MODULE_HELP = (
 
 def load(model: Any, arch: str | None = None, *, device: Any = None, trust: bool = False,
          **options: Any) -> Adapter:
-    """The adapter for ``model``: an object or a checkpoint path.
+    """The adapter for ``model``: an object or a checkpoint path (no names: use :func:`resolve`).
 
     Args:
         model: a :class:`~dsxai.adapter.Adapter` (returned as is); an ``ultralytics.YOLO``

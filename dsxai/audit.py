@@ -395,27 +395,6 @@ def _find_images(images: Any) -> list[tuple[str, Any, str | None]]:
     return list(zip(names, items, paths))
 
 
-def _load_adapter(model: Any, arch: str | None, device: str | None, options: dict[str, Any],
-                  trust: bool = False):
-    from .adapter import Adapter
-
-    if isinstance(model, Adapter):
-        if device is not None:
-            model.model.to(device)
-        return model
-    if isinstance(model, str):
-        from .zoo import ZOO_MODELS, load_adapter
-
-        if model.lower().replace("_", "-") in ZOO_MODELS:
-            try:
-                return load_adapter(model, device=device, trust=trust, **options)
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(" ".join(str(exc).split())) from None
-    from dsxai.adapters import load
-
-    return load(model, arch=arch, device=device, trust=trust, **options)
-
-
 def audit_layers(adapter: Any) -> list[str]:
     """The layers :func:`audit` explains by default: the deepest stage of an smp encoder (context is
     visible there; at the decoder a per-mask map lies inside the mask by construction), else the adapter's
@@ -613,8 +592,8 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
     agreement with ground truth, flags with reasons and a score (see the module doc).
 
     Args:
-        model: an :class:`~dsxai.adapter.Adapter`, a model or checkpoint for ``dsxai.adapters.load``, or a zoo
-            name (``shapes-unet``, ``shapes-yolo-seg``).
+        model: an :class:`~dsxai.adapter.Adapter`, a registered name (``shapes-unet``, ``shapes-yolo-seg``),
+            a model or a checkpoint path: whatever ``dsxai.adapters.resolve`` takes.
         images: a folder (its image files, sorted), an image file, a glob, or a list of paths / arrays.
         masks: ground truth as label images, pixel value = class id of the model: a folder holding
             ``<image stem>.png`` per image, or a list with one path / ``[H, W]`` array (or None) per image.
@@ -631,7 +610,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         device: torch device of the model.
         resume: continue the journal in ``out``: images it already holds without error are skipped (the
             settings must match). Without it an existing journal is started over.
-        arch: architecture of a state-dict checkpoint (``dsxai.adapters.load``).
+        arch: architecture of a state-dict checkpoint (``dsxai.adapters.resolve``).
         ring_px, ring_frac: ring width ``max(ring_px, ring_frac * sqrt(mask area))`` pixels.
         max_outside, min_confidence, min_iou: flag thresholds (see the module doc).
         conf: score threshold of instance segmenters (None: the adapter's default).
@@ -649,6 +628,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         ground-truth mask of another size) is recorded with its error and skipped; an image without a
         ground-truth mask is audited without ground truth and recorded (``gt="missing"``) with a warning.
     """
+    from .adapters import resolve
     from .explanation import DEFAULT_METHOD, resolve_classes
     from .imaging import load_image
     from .layers import resolve_layers
@@ -681,7 +661,7 @@ def audit(model: Any, images: Any, *, masks: Any = None, coco: Any = None, out: 
         if len(mask_list) != len(items):
             raise ValueError(f"masks has {len(mask_list)} entries for {len(items)} images; give one per image "
                              "(None for an image without ground truth)")
-    adapter = _load_adapter(model, arch, device, dict(adapter_options or {}), trust)
+    adapter = resolve(model, arch=arch, device=device, trust=trust, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
     if task == "detect":
         raise ValueError(f"{type(adapter).__name__} wraps a detector without masks; the audit needs a semantic "

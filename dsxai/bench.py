@@ -249,21 +249,13 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 1000,
 
 def load_bench_adapter(model: Any, arch: str | None = None, device: str | None = None, imgsz: int | None = None,
                        trust: bool = False):
-    """The adapter for ``model``: an Adapter as is, a shipped zoo name (``"shapes-yolo"``, see
-    :data:`dsxai.zoo.ZOO_MODELS`), or a checkpoint path / model object through :func:`dsxai.adapters.load`.
-    ``trust``: full-pickle checkpoint loading (see :func:`dsxai.adapters.load`).
+    """The adapter for ``model`` from :func:`dsxai.adapters.resolve` (an Adapter, a registered name such as
+    ``"shapes-yolo"``, a checkpoint path or a model object), checked to be a detector.
+    ``trust``: full-pickle checkpoint loading (see :func:`dsxai.adapters.resolve`).
     Raises :class:`BenchError` for a model without per-box targets (semantic segmenters)."""
-    from . import zoo
-    from .adapter import Adapter
-    from .adapters import load
+    from .adapters import resolve
 
-    options = {"imgsz": imgsz} if imgsz else {}
-    if isinstance(model, Adapter):
-        adapter = model
-    elif isinstance(model, str) and model.lower().replace("_", "-") in (*zoo.ZOO_MODELS, "shapes-yolov8"):
-        adapter = zoo.load_adapter(model, device=device, trust=trust, **options)
-    else:
-        adapter = load(model, arch=arch, device=device, trust=trust, **options)
+    adapter = resolve(model, arch=arch, device=device, trust=trust, **({"imgsz": imgsz} if imgsz else {}))
     if getattr(adapter, "task", "detect") == "segment":
         raise BenchError(f"{type(adapter).__name__} is a semantic segmenter: the localization benchmark needs a "
                          "detector (per-box targets), e.g. a YOLO or torchvision detection checkpoint")
@@ -440,7 +432,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     """Run the localization benchmark and write its outputs to ``out``; returns the ``results.json`` dict.
 
     Args:
-        model: an Adapter, ``"shapes-yolo"`` or a checkpoint path (see :func:`load_bench_adapter`).
+        model: an Adapter, a registered name (``"shapes-yolo"``) or a checkpoint path (see
+            :func:`dsxai.adapters.resolve`).
         annotations, images: the COCO instances json and the folder its ``file_name`` entries live in.
         out: output folder (created).
         methods: CAM method names (:data:`dsxai.METHODS`).

@@ -424,8 +424,9 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
     """Detections and one heatmap per detection (or mask) for each image.
 
     Args:
-        model_or_adapter: an :class:`~dsxai.adapter.Adapter`, a model (Ultralytics ``YOLO``,
-            torchvision detector, smp model) or a checkpoint path; see ``dsxai.adapters.load``.
+        model_or_adapter: an :class:`~dsxai.adapter.Adapter`, a registered name (``"shapes-yolo"``),
+            a model (Ultralytics ``YOLO``, torchvision detector, smp model) or a checkpoint path; see
+            ``dsxai.adapters.resolve``.
         images: one image or a list (paths, H x W x 3 uint8 RGB arrays, PIL images, tensors).
         method: CAM method name (``dsxai.METHODS``); None picks :data:`DEFAULT_METHOD` for the
             model's task (LayerCAM: it localises per box where plain GradCAM does not).
@@ -439,7 +440,7 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
         max_dets: at most this many detections (masks) per image.
         device: run the model there (a given module is moved).
         batch_size: images explained per forward/backward (memory stays bounded).
-        adapter_options: passed to ``dsxai.adapters.load`` when it builds the adapter
+        adapter_options: passed to ``dsxai.adapters.resolve`` when it builds the adapter
             (e.g. ``{"imgsz": 1280}`` for YOLO, ``{"arch": "smp:Unet:resnet34"}``).
         trust: load a checkpoint path with full pickle, which can run code from the file (warns);
             by default only allow-listed classes are unpickled.
@@ -451,20 +452,10 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
         ValueError: a bad option (``conf`` outside [0, 1], ``max_dets < 1``, ``imgsz`` out of range, ...)
         or image (truncated, above ``max_pixels``), before any model work.
     """
-    from dsxai.adapter import Adapter
+    from dsxai.adapters import resolve
 
     _check_options(conf, max_dets, batch_size, max_pixels, adapter_options, options)
-
-    if isinstance(model_or_adapter, Adapter):
-        adapter = model_or_adapter
-        if adapter_options:
-            raise ValueError("adapter_options apply only when dsxai builds the adapter; configure yours directly")
-        if device is not None:
-            adapter.model.to(device)
-    else:
-        from dsxai.adapters import load
-
-        adapter = load(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
+    adapter = resolve(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
     targets = targets or adapter.default_targets
     method = method or DEFAULT_METHOD.get(task, "layercam")

@@ -353,25 +353,26 @@ def test_resume_skips_finished_images(cue_models, moved, tmp_path):
         audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False, resume=True, max_outside=0.3)
 
 
-def test_cli(cue_models, moved, tmp_path, monkeypatch, capsys):
-    import sys
-
-    module = sys.modules["dsxai.audit"]  # the module (dsxai.audit itself is the function)
-    root, _ = moved
-    monkeypatch.setattr(module, "_load_adapter", lambda *a, **k: cue_adapter(cue_models["biased"]))
+def test_cli(cue_models, moved, tmp_path, capsys):
+    from dsxai.adapters import register, unregister
     from dsxai.cli import main
 
-    out = tmp_path / "cli"
-    code = main(["audit", "cue-biased", "--images", str(root / "images"), "--masks", str(root / "gt"),
-                 "--out", str(out), "--min-area", "30", "--classes", "triangle"])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "report:" in printed and str(out / "report.html") in printed
-    rows = list(csv.DictReader(open(out / "audit.csv")))
-    assert rows and all(r["class"] == "triangle" for r in rows)
-    assert main(["audit", "cue-biased", "--images", str(root / "images"), "--out", str(tmp_path / "x"),
-                 "--classes", "hexagon"]) == 2
-    assert "unknown class 'hexagon'" in capsys.readouterr().err
+    root, _ = moved
+    register("cue-biased", lambda **kw: cue_adapter(cue_models["biased"]))  # a name the CLI then accepts
+    try:
+        out = tmp_path / "cli"
+        code = main(["audit", "cue-biased", "--images", str(root / "images"), "--masks", str(root / "gt"),
+                     "--out", str(out), "--min-area", "30", "--classes", "triangle"])
+        assert code == 0
+        printed = capsys.readouterr().out
+        assert "report:" in printed and str(out / "report.html") in printed
+        rows = list(csv.DictReader(open(out / "audit.csv")))
+        assert rows and all(r["class"] == "triangle" for r in rows)
+        assert main(["audit", "cue-biased", "--images", str(root / "images"), "--out", str(tmp_path / "x"),
+                     "--classes", "hexagon"]) == 2
+        assert "unknown class 'hexagon'" in capsys.readouterr().err
+    finally:
+        unregister("cue-biased")
 
 
 def test_instance_segmenter(moved, tmp_path):

@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..adapter import Adapter
 
 TRUST_HELP = ("unpickle the checkpoint with full pickle, which runs any code a crafted file holds; only for files "
               "you trust (default: only allow-listed model classes are rebuilt)")
@@ -12,6 +16,23 @@ TRUST_HELP = ("unpickle the checkpoint with full pickle, which runs any code a c
 def add_trust_flag(parser: argparse.ArgumentParser) -> None:
     """``--trust-checkpoint``: the explicit opt-in to full pickle loading, shared by every MODEL command."""
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def resolve_model(args: argparse.Namespace, options: dict) -> "Adapter":
+    """``args.model`` (a registered name or a checkpoint path) as an adapter, through ``dsxai.adapters.resolve``
+    with ``--arch``, ``--device`` and ``--trust-checkpoint``; ``options`` go to the adapter.
+
+    ``--imgsz`` given to a model with its own input size fails in the flag's words.
+    """
+    from ..adapters import UnknownOptionError, resolve
+
+    try:
+        return resolve(args.model, arch=args.arch, device=getattr(args, "device", None),
+                       trust=trust_checkpoint(args), **options)
+    except UnknownOptionError as exc:
+        if exc.option != "imgsz":
+            raise
+        raise ValueError(f"--imgsz applies to YOLO models only; {args.model} takes its own input size") from None
 
 
 def trust_checkpoint(args: argparse.Namespace) -> bool:

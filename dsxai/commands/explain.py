@@ -17,7 +17,7 @@ import glob
 import sys
 from pathlib import Path
 
-from . import add_trust_flag, trust_checkpoint
+from . import add_trust_flag, resolve_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Explain every detection of each image: writes <stem>.png (fused), <stem>_det<k>.png, "
                     "<stem>.json and <stem>_maps.npz into --out.")
     parser.add_argument("model", help="checkpoint path (Ultralytics .pt/.yaml; torchvision/smp state dict with "
-                        "--arch) or a shipped model: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-unet")
+                        "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-unet")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("--method", default=None, help="CAM method (default: layercam); e.g. hirescam, gradcam, "
                         "eigencam, gradcam++")
@@ -104,26 +104,6 @@ def check_options(args: argparse.Namespace) -> None:
         check_max_pixels(args.max_pixels)
 
 
-def load_model(model: str, arch: str | None, imgsz: int | None, device: str | None, trust: bool = False):
-    """A zoo name or a checkpoint path -> adapter (``imgsz`` only for models that take it)."""
-    from ..zoo import ZOO_MODELS, load_adapter
-
-    options = {} if imgsz is None else {"imgsz": imgsz}
-    if model.lower().replace("_", "-") in ZOO_MODELS:
-        try:
-            return load_adapter(model, device=device, trust=trust, **options)
-        except FileNotFoundError as exc:  # one line: the message holds the re-train command on its own line
-            raise FileNotFoundError(" ".join(str(exc).split())) from None
-    from dsxai.adapters import load
-
-    try:
-        return load(model, arch=arch, device=device, trust=trust, **options)
-    except TypeError as exc:
-        if imgsz is not None and "imgsz" in str(exc):
-            raise ValueError(f"--imgsz applies to YOLO models only; {model} takes its own input size") from None
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from ..cli import CommandError
     from ..explanation import DERIVED_SUFFIXES, explain, write_index
@@ -142,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     paths = find_images(args.images)
     out = Path(args.out)
     check_output_folder(out, paths, scanned=scanned_folders(args.images))
-    adapter = load_model(args.model, args.arch, args.imgsz, args.device, trust_checkpoint(args))
+    adapter = resolve_model(args, {} if args.imgsz is None else {"imgsz": args.imgsz})
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     if layers is not None:
         resolve_layers(adapter.model, layers)

@@ -8,7 +8,8 @@ from . import add_trust_flag, trust_checkpoint
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("layers", help="list a model's candidate target layers with output shapes")
-    parser.add_argument("model", help="checkpoint path (Ultralytics .pt or .yaml; torchvision/smp with --arch)")
+    parser.add_argument("model", help="checkpoint path (Ultralytics .pt or .yaml; torchvision/smp with --arch) or "
+                        "a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-unet")
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
                         "fasterrcnn_resnet50_fpn or smp:Unet:resnet34")
     parser.add_argument("--imgsz", type=int, default=320, help="example input side used to trace shapes")
@@ -20,13 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..adapters import load
     from ..layers import list_layers
 
-    # YOLO checkpoints letterbox to their own imgsz; give them the example's size
-    yolo_like = args.arch is None and args.model.lower().endswith((".pt", ".yaml", ".yml"))
-    adapter = load(args.model, arch=args.arch, trust=trust_checkpoint(args),
-                   **({"imgsz": args.imgsz} if yolo_like else {}))
+    adapter = _adapter(args)
     batch = adapter.preprocess(np.full((args.imgsz, args.imgsz, 3), 114, np.uint8))
     defaults = set(adapter.default_layers)
     print(f"{'layer':40s} {'type':24s} output shape")
@@ -35,3 +32,20 @@ def run(args: argparse.Namespace) -> int:
             mark = "  (default)" if name in defaults else ""
             print(f"{name:40s} {kind:24s} {shape}{mark}")
     return 0
+
+
+def _adapter(args: argparse.Namespace):
+    """The adapter of ``args.model``; YOLO models letterbox to their own imgsz, so they get the example's.
+
+    Whether a model takes ``imgsz`` shows only once it is built (a name may be any family): a model that
+    refuses it is built again without it. State-dict checkpoints (``--arch``) never take it.
+    """
+    from ..adapters import UnknownOptionError, resolve
+
+    trust = trust_checkpoint(args)
+    if args.arch is None:
+        try:
+            return resolve(args.model, trust=trust, imgsz=args.imgsz)
+        except UnknownOptionError:
+            pass
+    return resolve(args.model, arch=args.arch, trust=trust)

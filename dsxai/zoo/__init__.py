@@ -71,6 +71,7 @@ __all__ = [
     "semantic_confusion",
     "miou_from_confusion",
     "ZOO_MODELS",
+    "ZOO_ALIASES",
     "load_adapter",
 ]
 
@@ -366,8 +367,11 @@ def miou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- adapters by name
 
-#: names :func:`load_adapter` (and ``dsxai explain MODEL``) accepts for the shipped shapes-world models
+#: names :func:`load_adapter` (and ``dsxai.adapters.resolve``, every MODEL argument of the CLI) accepts for
+#: the shipped shapes-world models
 ZOO_MODELS: tuple[str, ...] = ("shapes-yolo", "shapes-yolo-seg", "shapes-fasterrcnn", "shapes-unet")
+#: other spellings :func:`load_adapter` accepts, registered too
+ZOO_ALIASES: tuple[str, ...] = ("shapes-yolov8", "shapes-yolov8-seg")
 
 
 def load_adapter(name: str, device: str | None = None, trust: bool = False, **options: Any):
@@ -398,3 +402,20 @@ def load_adapter(name: str, device: str | None = None, trust: bool = False, **op
         options.setdefault("class_names", {0: "background", **class_names})
         return SMPAdapter(load_shapes_unet(device or "cpu"), mean=UNET_MEAN, std=UNET_STD, **options)
     raise ValueError(f"unknown zoo model {name!r}; choose one of: {', '.join(ZOO_MODELS)}")
+
+
+def _register_names() -> None:
+    """Register every zoo name with :func:`dsxai.adapters.register`, so ``resolve("shapes-unet")`` works.
+
+    ``dsxai.adapters`` imports this module the first time it looks a name up: the adapters never import the
+    zoo, the zoo registers itself. ``replace=True``: re-importing the zoo (a reload) re-registers quietly.
+    """
+    from functools import partial
+
+    from dsxai.adapters import register
+
+    for name in (*ZOO_MODELS, *ZOO_ALIASES):
+        register(name, partial(load_adapter, name), replace=True)
+
+
+_register_names()
