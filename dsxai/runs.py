@@ -190,7 +190,7 @@ def unique_stems(paths: Sequence[str | os.PathLike], derived: str | None = None)
     clashing inputs without its suffix, parts joined by ``__`` (``d1/a.png``, ``d2/a.png`` -> ``d1__a``,
     ``d2__a``), plus the suffix when the folder is the same too (``a.png``, ``a.jpg`` -> ``a_png``, ``a_jpg``).
     A name still taken (case-insensitively) gets ``_2``, ``_3``... ``derived``, a regular expression of the
-    suffixes a run appends to a stem for its other files (e.g. ``r"_det\d+|_maps"``), keeps a name from
+    suffixes a run appends to a stem for its other files (e.g. ``_det<k>`` and ``_maps``), keeps a name from
     equalling another's derived name (``a`` and ``a_det0`` -> ``a``, ``a_det0_image``). Why: per-image outputs
     named by a clashing stem silently overwrite each other.
     """
