@@ -22,8 +22,8 @@ from .detections import Detections
 from .runs import write_atomic  # the one atomic writer; re-exported for render's callers
 
 __all__ = [
-    "COLORMAPS", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color", "text_style", "label_rect",
-    "draw_label", "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels",
+    "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
+    "text_style", "label_rect", "draw_label", "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels",
     "render_grid", "compare_methods", "banner", "titled", "grid", "write_png",
 ]
 
@@ -39,7 +39,7 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @lru_cache(maxsize=32)
-def _lut(name: str) -> np.ndarray:
+def colormap_table(name: str) -> np.ndarray:
     """``256 x 3`` uint8 RGB lookup table of a colormap (OpenCV first, then matplotlib)."""
     if not isinstance(name, str):
         raise TypeError(f"colormap must be a name (str), got {type(name).__name__}")
@@ -78,7 +78,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 def colorize(heat: Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
     """``[H, W]`` map in [0, 1] -> ``H x W x 3`` uint8 RGB through a colormap (OpenCV or matplotlib name)."""
-    return _lut(colormap)[(_to_numpy(heat) * 255).round().astype(np.uint8)]
+    return colormap_table(colormap)[(_to_numpy(heat) * 255).round().astype(np.uint8)]
 
 
 def overlay(image: np.ndarray, heat: Tensor | np.ndarray, alpha: float = 0.5, colormap: str = "jet",

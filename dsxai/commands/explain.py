@@ -110,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
     from ..imaging import load_image, read_orientation
     from ..layers import resolve_layers
     from ..methods import get_method
-    from ..render import _lut
+    from ..render import colormap_table
     from ..runs import check_output_folder, unique_stems
 
     # everything is checked before the first file is written
     get_method(args.method or "layercam")
-    _lut(args.colormap)
+    colormap_table(args.colormap)
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
     check_options(args)
