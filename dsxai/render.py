@@ -23,8 +23,8 @@ from .runs import write_atomic  # the one atomic writer; re-exported for render'
 
 __all__ = [
     "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
-    "text_style", "label_rect", "draw_label", "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels",
-    "render_grid", "compare_methods", "banner", "titled", "grid", "write_png",
+    "text_style", "label_rect", "draw_label", "draw_detections", "draw_mask_contours", "render_detections",
+    "render_masks", "render_panels", "render_grid", "compare_methods", "banner", "titled", "grid", "write_png",
 ]
 
 #: colormaps OpenCV has built in; any other name is looked up in matplotlib
