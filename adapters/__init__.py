@@ -185,9 +185,9 @@ def _load_state_dict(path: Path, arch: str, device: Any, trust: bool, options: d
         if len(parts) != 3:
             raise ValueError(f"arch {arch!r}: write smp architectures as 'smp:<Architecture>:<encoder>', "
                              "e.g. 'smp:Unet:resnet34'")
-        from .smp_segmentation import SMPAdapter, _import_smp
+        from .smp_segmentation import SMPAdapter, import_smp
 
-        smp = _import_smp()
+        smp = import_smp()
         classes = _classes_from(state, ("segmentation_head.0.weight",)) or 1
         try:
             net = smp.create_model(parts[1], encoder_name=parts[2], encoder_weights=None, classes=classes)

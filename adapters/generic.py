@@ -244,7 +244,7 @@ def _preprocessing(preprocess: Any, options: dict[str, Any]) -> tuple[Callable, 
     return preprocess, 1, 0.0
 
 
-class _AdapterBase(Adapter):
+class AdapterBase(Adapter):
     """Preprocessing through :func:`make_batch` and lazily guessed layers."""
 
     _preprocess_fn: Callable
@@ -536,7 +536,7 @@ class SegmentationTarget(Target):
         return d, grid.float(), labels
 
 
-class SegmentationAdapter(_AdapterBase):
+class SegmentationAdapter(AdapterBase):
     """Base of the semantic-segmentation adapters: the model outputs per-class logits
     ``[B, C, h, w]`` over the network tensor (any ``h, w``; they need not equal the tensor's)."""
 
@@ -573,7 +573,7 @@ class SegmentationAdapter(_AdapterBase):
         return self.mask_target(batch, **options)
 
 
-def _names(class_names: Any) -> dict[int, str]:
+def class_name_map(class_names: Any) -> dict[int, str]:
     if class_names is None:
         return {}
     if isinstance(class_names, dict):
@@ -609,7 +609,7 @@ class SegmenterAdapter(SegmentationAdapter):
         size = getattr(self._preprocess_fn, "size", None)
         if size is not None:
             self._example_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.class_names = _names(class_names)
+        self.class_names = class_name_map(class_names)
         self.background = background
         self.default_layers = layers
 
@@ -737,7 +737,7 @@ def select_candidates(boxes: Tensor, scores: Tensor, labels: Tensor, *, conf: fl
     return index[:max_dets]
 
 
-def _rows_of(count: int, rows: slice | None) -> list[int]:
+def candidate_rows(count: int, rows: slice | None) -> list[int]:
     return list(range(count))[rows if rows is not None else slice(None)]
 
 
@@ -786,7 +786,7 @@ class DecodedDetectionTarget(BoxMatchingTarget):
                      geometries=[self.batch.geometries[image_index]] * count)
         candidates = self._candidates(output, view)
         out = []
-        for r in _rows_of(len(candidates), rows):
+        for r in candidate_rows(len(candidates), rows):
             cand = candidates[r]
             if "class_scores" in cand:
                 per_target = cand["class_scores"][:, labels.to(cand["class_scores"].device)]
@@ -822,7 +822,7 @@ def _as_candidates(item: Any) -> dict[str, Tensor]:
     return cand
 
 
-class DetectorAdapter(_AdapterBase):
+class DetectorAdapter(AdapterBase):
     """Any detector, given one function that decodes its raw output.
 
     Args:
@@ -863,7 +863,7 @@ class DetectorAdapter(_AdapterBase):
         size = getattr(self._preprocess_fn, "size", None)
         if size is not None:
             self._example_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.class_names = _names(class_names)
+        self.class_names = class_name_map(class_names)
         self.default_layers = layers
         self.conf, self.iou, self.max_dets = conf, iou, max_dets
 

@@ -19,14 +19,14 @@ from typing import Any, Sequence
 import cv2
 from torch import nn
 
-from .generic import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SegmentationAdapter, _names
+from .generic import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SegmentationAdapter, class_name_map
 
 __all__ = ["SMPAdapter"]
 
 _INSTALL_HINT = "pip install 'dsxai[smp]'"
 
 
-def _import_smp():
+def import_smp():
     try:
         import segmentation_models_pytorch as smp
     except ImportError as exc:
@@ -70,7 +70,7 @@ class SMPAdapter(SegmentationAdapter):
                  std: Sequence[float] = IMAGENET_STD, size: int | tuple[int, int] | None = None,
                  class_names: Any = None, background: int | None = 0,
                  layers: Sequence[str | nn.Module] | None = None, interpolation: int = cv2.INTER_LINEAR):
-        smp = _import_smp()
+        smp = import_smp()
         if not isinstance(model, smp.base.SegmentationModel):
             raise TypeError(
                 f"SMPAdapter needs a segmentation_models_pytorch model, got {type(model).__name__}; "
@@ -86,6 +86,6 @@ class SMPAdapter(SegmentationAdapter):
         classes = convs[-1].out_channels if convs else None
         if class_names is None and classes == 1:
             class_names = {0: "background", 1: "foreground"}
-        self.class_names = _names(class_names)
+        self.class_names = class_name_map(class_names)
         self.background = background
         self.default_layers = layers or ["decoder"]

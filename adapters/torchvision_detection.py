@@ -46,7 +46,8 @@ from dsxai.adapter import Batch
 from dsxai.detections import Detections
 from dsxai.imaging import Geometry, ImageLike
 
-from .generic import BoxMatchingTarget, _AdapterBase, _names, _rows_of, best_match, make_batch, select_candidates
+from .generic import (AdapterBase, BoxMatchingTarget, best_match, candidate_rows, class_name_map, make_batch,
+                      select_candidates)
 
 __all__ = ["TorchvisionDetectionAdapter", "TorchvisionDetector", "TorchvisionBoxTarget"]
 
@@ -280,7 +281,7 @@ class TorchvisionBoxTarget(BoxMatchingTarget):
     def match(self, output: dict[str, Any], image_index: int, rows: slice | None, boxes: Tensor,
               labels: Tensor, region: Tensor) -> Tensor:
         out = []
-        for r in _rows_of(len(output["boxes"]), rows):
+        for r in candidate_rows(len(output["boxes"]), rows):
             candidate_boxes = output["boxes"][r]
             labels_d = labels.to(candidate_boxes.device)
             if self.net.kind == "rcnn":
@@ -290,7 +291,7 @@ class TorchvisionBoxTarget(BoxMatchingTarget):
         return torch.stack(out) if out else torch.zeros(0, len(labels))
 
 
-class TorchvisionDetectionAdapter(_AdapterBase):
+class TorchvisionDetectionAdapter(AdapterBase):
     """Explain a torchvision detector: one map per detected box.
 
     Args:
@@ -335,7 +336,7 @@ class TorchvisionDetectionAdapter(_AdapterBase):
                 class_names = _COCO_CATEGORIES
             elif isinstance(model, KeypointRCNN) and self.model.num_classes == 2:
                 class_names = {0: "__background__", 1: "person"}
-        self.class_names = _names(class_names)
+        self.class_names = class_name_map(class_names)
         self.default_layers = layers or ["backbone"]
         transform = model.transform
         self._pad_multiple = int(transform.size_divisible)

@@ -248,7 +248,7 @@ class BaseCAM:
         """Gradient-free methods: ``[B, C, h, w]`` -> ``[B, h, w]`` (one map per image)."""
         raise NotImplementedError
 
-    def channel_weights(self, x: Tensor, image_index: int, source: "_Source", target: Callable,
+    def channel_weights(self, x: Tensor, image_index: int, source: "FeatureSource", target: Callable,
                         base_scores: Tensor) -> Tensor:
         """Perturbation methods: ``[T_b, C]`` channel weights for one image."""
         raise NotImplementedError
@@ -298,7 +298,7 @@ class BaseCAM:
         scores = list(flat_scores.detach().float().split(counts))
         return maps, scores, ragged
 
-    def _sources(self, captured: dict[str, list[Any]]) -> list["_Source"]:
+    def _sources(self, captured: dict[str, list[Any]]) -> list["FeatureSource"]:
         sources = []
         for name, module in self.layers:
             outputs = captured[name]
@@ -313,7 +313,7 @@ class BaseCAM:
                     raise ValueError(f"layer {name!r} output holds no tensor ({type(output).__name__})")
                 plain = len(outputs) == 1 and isinstance(output, Tensor) and self.reshape is None
                 for leaf, fmap in zip(leaves, feature_maps(name, leaves, self.reshape)):
-                    sources.append(_Source(name, module, leaf, fmap, plain))
+                    sources.append(FeatureSource(name, module, leaf, fmap, plain))
         bad = torch.stack([~torch.isfinite(s.activations).all() for s in sources]).cpu()
         for source, is_bad in zip(sources, bad.tolist()):
             if is_bad:
@@ -335,7 +335,7 @@ class BaseCAM:
         )
 
     def _low_res_maps(self, x, sources, output, targets, flat_scores, image_of, counts) -> list[Tensor]:
-        if isinstance(self, _PerturbationMixin):
+        if isinstance(self, PerturbationMixin):
             return self._perturbation_maps(x, sources, targets, flat_scores, counts)
         if self._class_agnostic:
             return [self.cam_from_activations(s.activations.detach().float()) for s in sources]
@@ -344,9 +344,9 @@ class BaseCAM:
     @property
     def _class_agnostic(self) -> bool:
         """Gradient-free, non-perturbation methods (EigenCAM): the map does not depend on the target."""
-        return not self.needs_gradients and not isinstance(self, _PerturbationMixin)
+        return not self.needs_gradients and not isinstance(self, PerturbationMixin)
 
-    def _gradient_maps(self, sources: list["_Source"], flat_scores: Tensor, image_of: Tensor) -> list[Tensor]:
+    def _gradient_maps(self, sources: list["FeatureSource"], flat_scores: Tensor, image_of: Tensor) -> list[Tensor]:
         leaves = list({id(s.leaf): s.leaf for s in sources}.values())
         for source in sources:
             if not source.leaf.requires_grad:
@@ -411,7 +411,7 @@ def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
 
 
 @dataclass
-class _Source:
+class FeatureSource:
     name: str
     module: nn.Module
     leaf: Tensor          # the tensor as the layer returned it (what gradients are taken against)
@@ -466,7 +466,7 @@ def _flat_scores(targets: Callable, output: Any, batch: int, needs_grad: bool):
     return flat, image_of, counts, ragged
 
 
-class _PerturbationMixin:
+class PerturbationMixin:
     """Methods that weight channels by masked or ablated forwards instead of gradients."""
 
     needs_gradients = False

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .engine import BaseCAM, _PerturbationMixin, _Source, scores_on_copies
+from .engine import BaseCAM, FeatureSource, PerturbationMixin, scores_on_copies
 
 __all__ = [
     "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM", "EigenGradCAM",
@@ -172,14 +172,14 @@ class EigenGradCAM(BaseCAM):
         return first_component(product, product.sum(1))
 
 
-class ScoreCAM(_PerturbationMixin, BaseCAM):
+class ScoreCAM(PerturbationMixin, BaseCAM):
     """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled, masks the
     input; the softmax over channels of the targets' scores on those masked inputs weights
     the channels. ``batch_size`` masked images go through the model per forward, and all
     targets of an image share them. Upsampling uses align_corners=True as pytorch-grad-cam does.
     """
 
-    def channel_weights(self, x: Tensor, image_index: int, source: _Source, target: Callable,
+    def channel_weights(self, x: Tensor, image_index: int, source: FeatureSource, target: Callable,
                         base_scores: Tensor) -> Tensor:
         acts = source.activations[image_index:image_index + 1].detach()
         image = x[image_index:image_index + 1].detach()
@@ -195,7 +195,7 @@ class ScoreCAM(_PerturbationMixin, BaseCAM):
         return torch.softmax(torch.cat(scores).T, dim=-1)
 
 
-class AblationCAM(_PerturbationMixin, BaseCAM):
+class AblationCAM(PerturbationMixin, BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is the relative drop of the
     target's score when that channel is set to zero, ``(s - s_ablated) / s``.
 
@@ -205,7 +205,7 @@ class AblationCAM(_PerturbationMixin, BaseCAM):
     always use 0.
     """
 
-    def channel_weights(self, x: Tensor, image_index: int, source: _Source, target: Callable,
+    def channel_weights(self, x: Tensor, image_index: int, source: FeatureSource, target: Callable,
                         base_scores: Tensor) -> Tensor:
         if not source.plain:
             raise ValueError(
