@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._version import __version__
+from .boxes import box_masks
 from .detections import Detections
 from .imaging import ImageLike, load_images, read_orientation
 from .metrics import energy_pointing_game
@@ -49,19 +50,6 @@ _STYLES = ("fused", "grid", "masks")
 # ----------------------------------------------------------------------------------------------- figures
 
 
-def _box_regions(boxes: Tensor, size: tuple[int, int], device: torch.device) -> Tensor:
-    """Bool ``[N, H, W]``: pixel centres inside each xyxy box (at least the pixel the box touches)."""
-    h, w = size
-    b = boxes.to(device).float()
-    ys = torch.arange(h, device=device).view(1, -1, 1)
-    xs = torch.arange(w, device=device).view(1, 1, -1)
-    x1 = b[:, 0].floor().clamp(0, w - 1).view(-1, 1, 1)
-    y1 = b[:, 1].floor().clamp(0, h - 1).view(-1, 1, 1)
-    x2 = torch.maximum(b[:, 2].ceil(), x1.view(-1) + 1).clamp(max=w).view(-1, 1, 1)
-    y2 = torch.maximum(b[:, 3].ceil(), y1.view(-1) + 1).clamp(max=h).view(-1, 1, 1)
-    return (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
-
-
 def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
     """Per map: what it explains and where it points.
 
@@ -79,7 +67,7 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
     flat = maps.flatten(1)
     peak_value, peak = flat.max(1)
     py, px = peak // w, peak % w
-    boxes = _box_regions(detections.boxes, (h, w), maps.device)
+    boxes = box_masks(detections.boxes, (h, w), maps.device)
     has = peak_value > 0  # an all-zero map: its peak and shares say nothing (the layer gave no evidence)
     rows = torch.arange(len(maps), device=maps.device)
     in_box, box_share = boxes[rows, py, px], energy_pointing_game(maps, boxes)

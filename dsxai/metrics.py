@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .boxes import box_masks, paired_iou
 from .detections import Detections
 
 __all__ = [
     "BASELINES",
     "baseline_maps",
     "region_masks",
-    "box_masks",
     "dilate",
     "pointing_game",
     "energy_pointing_game",
@@ -53,7 +53,6 @@ __all__ = [
     "iou_at_threshold",
     "mean_iou",
     "largest_component_boxes",
-    "box_iou_pairs",
     "box_localization_accuracy",
     "auc",
     "Faithfulness",
@@ -77,17 +76,6 @@ def _check_maps(maps: Tensor) -> Tensor:
     if maps.ndim != 3:
         raise ValueError(f"maps must be [N, H, W]; got shape {tuple(maps.shape)}")
     return torch.nan_to_num(maps.float(), nan=0.0).clamp_min(0)
-
-
-def box_masks(boxes: Tensor, size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
-    """Boxes ``[N, 4]`` xyxy (pixel edges) -> bool masks ``[N, H, W]`` of the pixels whose centre is inside."""
-    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4)
-    h, w = size
-    ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
-    in_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])  # [N, W]
-    in_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])  # [N, H]
-    return in_y[:, :, None] & in_x[:, None, :]
 
 
 def region_masks(regions: Tensor, size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
@@ -265,18 +253,6 @@ def largest_component_boxes(maps: Tensor, threshold: float = 0.15) -> Tensor:
     return torch.from_numpy(out).to(maps.device)
 
 
-def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of box ``a[i]`` with box ``b[i]`` (xyxy), ``[N]``; 0 when both are empty."""
-    a, b = a.float().reshape(-1, 4), b.float().reshape(-1, 4).to(a.device)
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp_min(0).prod(1)
-    area_a = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(1)
-    union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
-
-
 def box_localization_accuracy(maps: Tensor, boxes: Tensor, threshold: float = 0.15,
                               iou: float = 0.5) -> Tensor:
     """Grad-CAM localization: 1 when the box of the largest component (at ``threshold * max``) has IoU
@@ -285,7 +261,7 @@ def box_localization_accuracy(maps: Tensor, boxes: Tensor, threshold: float = 0.
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=maps.device).reshape(-1, 4)
     if boxes.shape[0] != maps.shape[0]:
         raise ValueError(f"got {maps.shape[0]} maps but {boxes.shape[0]} boxes; pass one box per map")
-    return (box_iou_pairs(largest_component_boxes(maps, threshold), boxes) >= iou).float()
+    return (paired_iou(largest_component_boxes(maps, threshold), boxes) >= iou).float()
 
 
 # ----------------------------------------------------------------------------------------------- faithfulness
@@ -336,7 +312,7 @@ def _match_scores(found: Sequence[Detections], box: Tensor, label: int) -> Tenso
         if not bool(same.any()):
             out.append(0.0)
             continue
-        ious = box_iou_pairs(d.boxes.cpu()[same], box.cpu().expand(int(same.sum()), 4))
+        ious = paired_iou(d.boxes.cpu()[same], box.cpu().expand(int(same.sum()), 4))
         out.append(float((ious * d.scores.cpu()[same]).max()))
     return torch.tensor(out, dtype=torch.float32)
 

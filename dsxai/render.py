@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .boxes import pixel_bounds
 from .detections import Detections
 from .runs import write_atomic  # the one atomic writer; re-exported for render's callers
 
@@ -98,11 +99,10 @@ def overlay(image: np.ndarray, heat: Tensor | np.ndarray, alpha: float = 0.5, co
 
 
 def _pixel_box(box: Tensor | Sequence[float], h: int, w: int) -> tuple[int, int, int, int]:
-    """A box as integer pixel bounds ``x1, y1, x2, y2`` (exclusive ends), inside the image, at least 1 px."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    x1, y1 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
-    x2, y2 = int(np.clip(np.ceil(x2), x1 + 1, w)), int(np.clip(np.ceil(y2), y1 + 1, h))
-    return x1, y1, x2, y2
+    """A box's pixels (:func:`dsxai.boxes.pixel_bounds`, exclusive ends), widened to at least one pixel to draw."""
+    x1, y1, x2, y2 = (int(v) for v in pixel_bounds(torch.as_tensor(box).reshape(1, 4), (h, w))[0])
+    x1, y1 = min(x1, w - 1), min(y1, h - 1)
+    return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
 
 def _rescale(values: Tensor) -> Tensor:

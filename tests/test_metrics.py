@@ -9,6 +9,7 @@ import torch
 
 from dsxai import metrics as M
 from dsxai.adapter import Adapter
+from dsxai.boxes import box_masks
 from dsxai.detections import Detections
 
 
@@ -22,11 +23,11 @@ def peak_map(h: int, w: int, y: int, x: int) -> torch.Tensor:
 
 
 def test_box_masks_use_pixel_centres():
-    m = M.box_masks(torch.tensor([[1.0, 2.0, 4.0, 5.0]]), (6, 6))[0]
+    m = box_masks(torch.tensor([[1.0, 2.0, 4.0, 5.0]]), (6, 6))[0]
     assert int(m.sum()) == 9
     assert m[2:5, 1:4].all() and not m[:2].any() and not m[:, 4:].any()
     # a box that covers no pixel centre holds no pixel
-    assert int(M.box_masks(torch.tensor([[0.6, 0.0, 1.4, 1.0]]), (4, 4)).sum()) == 0
+    assert int(box_masks(torch.tensor([[0.6, 0.0, 1.4, 1.0]]), (4, 4)).sum()) == 0
 
 
 def test_region_masks_rejects_wrong_shapes():
@@ -66,7 +67,7 @@ def test_pointing_game_boxes_and_masks_agree():
     boxes = torch.tensor([[0, 0, 5, 5], [10, 10, 20, 25], [35, 0, 40, 30], [3.3, 4.7, 9.2, 8.1], [0, 0, 40, 30]])
     for tol in (0, 3, 15):
         a = M.pointing_game(maps, boxes, tol)
-        b = M.pointing_game(maps, M.box_masks(boxes, (30, 40)), tol)
+        b = M.pointing_game(maps, box_masks(boxes, (30, 40)), tol)
         assert torch.equal(a, b)
 
 
@@ -188,7 +189,7 @@ def test_deletion_insertion_on_a_toy_detector():
     box = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     dets = Detections(boxes=box.repeat(2, 1), scores=torch.ones(2), labels=torch.zeros(2, dtype=torch.long),
                       image_size=(8, 8))
-    good = M.box_masks(box, (8, 8)).float()[0]
+    good = box_masks(box, (8, 8)).float()[0]
     maps = torch.stack([good, 1 - good])  # the object first / the background first
     toy = ToyDetector()
     res = M.deletion_insertion(toy, image, dets, maps, steps=4, baseline="mean", batch_size=4)
