@@ -4,9 +4,10 @@ One home for the rules every command follows so that outputs never destroy input
 
 * :func:`write_atomic` writes a file through a temporary file in the same folder, fsync and a rename, with
   the mode a plain ``open`` would give (``0o666 & ~umask``): a kill never leaves a torn or empty file.
-* :func:`read_json_lines` / :func:`append_json_line` / :func:`rewrite_json_lines`: the resumable journal of
-  long runs (``dsxai bench``, ``dsxai audit``); :func:`journal_path` refuses a journal that leads out of
-  the output folder through a symlink.
+* :class:`Journal` (over :func:`read_json_lines` / :func:`append_json_line` / :func:`rewrite_json_lines`): the
+  resumable record of long runs (``dsxai bench``, ``dsxai audit``), with the settings check of a resume;
+  :func:`journal_path` refuses a journal that leads out of the output folder through a symlink.
+* :class:`Progress`: the one progress bar of long loops.
 * :func:`check_output_folder` refuses an output folder that overlaps the inputs; :func:`unique_stems` gives
   collision-free output names for a whole input set; :func:`safe_name` / :func:`inside` keep names read from
   files inside their folder.
@@ -23,11 +24,14 @@ import json
 import os
 import re
 import secrets
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = [
     "write_atomic", "read_json", "read_json_lines", "append_json_line", "rewrite_json_lines", "journal_path",
+    "Journal", "SettingsChanged", "Progress",
     "check_output_folder", "unique_stems", "derived_clash", "safe_name", "inside", "manifest_files", "write_manifest",
 ]
 
@@ -157,6 +161,97 @@ def journal_path(out: str | os.PathLike, name: str) -> Path:
     if path.exists() and not path.is_file():
         raise ValueError(f"journal {path} is not a file; delete it or use another output folder")
     return path
+
+
+class SettingsChanged(ValueError):
+    """A resumed run's settings differ from those its journal was written with."""
+
+
+class Journal:
+    """A run's durable record of finished items, keyed, under the settings it was written with.
+
+    The first line holds the settings; each item line is ``{"kind": "item", "key": ..., "ok": ..., ...}``.
+    With ``resume`` an existing journal must have been written with the same values of ``compare`` (else
+    :class:`SettingsChanged`), and its ``ok`` items whose key is in ``keys`` (all when ``keys`` is None) are
+    kept in :attr:`done`; without it the journal starts over. Either way the file is rewritten atomically
+    to the settings and the kept items, so torn and failed lines do not pile up and a kill keeps it whole.
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Any], *, resume: bool = False,
+                 compare: Sequence[str] = (), keys: Iterable[str] | None = None):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))
+        self.done: dict[str, dict[str, Any]] = {}
+        if resume:
+            self.done = self._reuse(compare, None if keys is None else set(keys))
+        rewrite_json_lines(self.path, [{"kind": "settings", **self.settings}, *self.done.values()])
+
+    def _reuse(self, compare: Sequence[str], keys: set[str] | None) -> dict[str, dict[str, Any]]:
+        records = read_json_lines(self.path)
+        old = ([None] + [r for r in records if r.get("kind") == "settings"])[-1]
+        if old is None:
+            return {}
+        changed = [k for k in compare if old.get(k) != self.settings.get(k)]
+        if changed:
+            raise SettingsChanged(f"cannot resume from {self.path}: it was written with other settings "
+                                  f"({', '.join(changed)}); use the same settings, or start over without resuming")
+        return {r["key"]: r for r in records if r.get("kind") == "item" and r.get("ok")
+                and isinstance(r.get("key"), str) and (keys is None or r["key"] in keys)}
+
+    def append(self, key: str, record: dict[str, Any], ok: bool = True) -> dict[str, Any]:
+        """Record one finished (or failed, ``ok=False``) item durably; returns the stored record."""
+        stored = {"kind": "item", "key": key, "ok": ok, **record}
+        append_json_line(self.path, stored)
+        if ok:
+            self.done[key] = stored
+        return stored
+
+
+class Progress:
+    """One progress bar for every long loop: tqdm on stderr when enabled and installed, else nothing.
+
+    :meth:`say` and :meth:`warn` print around the bar so messages never tear it. Use as a context manager.
+    """
+
+    def __init__(self, total: int, *, unit: str = "image", desc: str | None = None, enabled: bool = True):
+        self._bar = None
+        if enabled and total > 1:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm comes with the cli extra; the loop runs the same without it
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def say(self, text: str) -> None:
+        """Print a line to stderr above the bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def warn(self, text: str, category: type[Warning] = UserWarning) -> None:
+        """Issue a warning without tearing the bar."""
+        if self._bar is not None:
+            self._bar.clear()
+        warnings.warn(text, category, stacklevel=3)
+        if self._bar is not None:
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------------------------- names

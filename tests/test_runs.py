@@ -152,3 +152,54 @@ def test_unique_stems_keep_apart_from_derived_file_names(tmp_path):
     assert names[0] == "a" and runs.derived_clash(names, derived) is None, names
     assert runs.unique_stems(paths) == ["a", "a_det0", "a_maps"]  # without derived: plain stems
     assert runs.derived_clash(["a", "A_DET3"], derived) == 1
+
+
+# ----------------------------------------------------------------------------------------------- Journal
+
+
+def test_journal_resume_keeps_ok_items_of_the_same_settings(tmp_path):
+    from dsxai.runs import Journal
+
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path, {"method": "gradcam", "seed": 0})
+    j.append("a", {"value": 1})
+    j.append("b", {"error": "boom"}, ok=False)
+    j.append("c", {"value": 3})
+    with open(path, "a") as f:
+        f.write('{"kind": "item", "key": "d", "ok": tr')  # torn by a kill
+    again = Journal(path, {"method": "gradcam", "seed": 0}, resume=True, compare=["method"], keys=["a", "b", "d"])
+    assert set(again.done) == {"a"}
+    assert again.done["a"]["value"] == 1
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2  # settings + the kept item: failed, torn and unlisted lines are gone
+
+
+def test_journal_resume_refuses_other_settings_and_names_them(tmp_path):
+    from dsxai.runs import Journal, SettingsChanged
+
+    path = tmp_path / "journal.jsonl"
+    Journal(path, {"method": "gradcam", "layers": ["a"]}).append("x", {})
+    with pytest.raises(SettingsChanged, match=r"other settings \(layers\)"):
+        Journal(path, {"method": "gradcam", "layers": ["b"]}, resume=True, compare=["method", "layers"])
+    assert "x" in path.read_text()  # the refused resume did not wipe the journal
+
+
+def test_journal_without_resume_starts_over(tmp_path):
+    from dsxai.runs import Journal
+
+    path = tmp_path / "journal.jsonl"
+    Journal(path, {"m": 1}).append("x", {})
+    fresh = Journal(path, {"m": 1})
+    assert fresh.done == {}
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_progress_messages_reach_stderr_without_a_bar(capsys):
+    from dsxai.runs import Progress
+
+    with Progress(1) as bar:  # one item: no bar
+        bar.say("hello")
+        bar.update()
+        with pytest.warns(UserWarning, match="careful"):
+            bar.warn("careful")
+    assert "hello" in capsys.readouterr().err
