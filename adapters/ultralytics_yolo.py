@@ -518,11 +518,6 @@ class UltralyticsAdapter(Adapter):
                               self._nms(nms), self.levels(batch.tensor.shape[-2:]))
         return YOLOClassTarget(boxes, classes, reduce)
 
-    def _target(self, batch: Batch, kind: str, options: dict[str, Any]) -> Target:
-        if kind == "classes":
-            return self.class_target(batch, **options)
-        return super()._target(batch, kind, options)
-
     # -------------------------------------------------------------- output
     def dense(self, output: Any) -> DenseOutput:
         """The per-anchor view of the model's eval-mode output (any number of rows)."""

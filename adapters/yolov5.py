@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from dsxai.adapter import Adapter, Batch
 from dsxai.imaging import ImageLike
-from dsxai.targets import Target
 
 from .checkpoint import UnsafeCheckpointError, checkpoint_family, load_checkpoint
 from .ultralytics_yolo import (
@@ -157,11 +156,6 @@ class YOLOv5Adapter(Adapter):
         boxes = YOLOBoxTarget(self.dense, batch.geometries, self.class_names, conf, iou, None, max_dets,
                               True, self.levels(batch.tensor.shape[-2:]))
         return YOLOClassTarget(boxes, classes, reduce)
-
-    def _target(self, batch: Batch, kind: str, options: dict[str, Any]) -> Target:
-        if kind == "classes":
-            return self.class_target(batch, **options)
-        return super()._target(batch, kind, options)
 
     def dense(self, output: Any) -> DenseOutput:
         """The per-row view of the eval-mode output ``(pred [B, N, 5 + nc], raw)``."""

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(parser, argv, "audit_resolution")
 
     from dsxai import shapes, zoo
+    from dsxai.pipeline import explain_maps
     from dsxai.audit import MAX_OUTSIDE, RING_FRAC, RING_PX, audit_layers, layer_stride, mask_figures
 
     torch.set_num_threads(args.threads)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes = shapes.make_scenes(args.scenes, zoo.TEST_SEED)
     counts = {ring: {"all": [0, 0], "small": [0, 0]} for ring in ("without cell", "with cell")}
     for scene in scenes:
-        dets, maps = adapter.explain([scene.image], method="layercam", layers=layers, targets="masks",
+        dets, maps = explain_maps(adapter, [scene.image], method="layercam", layers=layers, targets="masks",
                                      min_area=100)
         d, m = dets[0], maps[0].float().reshape(len(dets[0]), *dets[0].image_size)
         if not len(d):

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from .detections import Detections
 from .imaging import Geometry, ImageLike
 from .layers import preserved_state
-from .methods import get_method
 from .targets import Target
 
 __all__ = ["Batch", "Adapter", "DetectionTarget"]
+
+_KINDS = {"boxes": "box_target", "masks": "mask_target", "classes": "class_target"}
 
 
 @dataclass
@@ -107,44 +108,33 @@ class Adapter(ABC):
         """One target per predicted mask (segmenters)."""
         raise NotImplementedError(f"{type(self).__name__} has no per-mask targets")
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> list[Detections]:
-        """Detections only, without explanations."""
-        batch = self.preprocess(images)
-        target = self._target(batch, self.default_targets, options)
-        with preserved_state(self.model), torch.no_grad():
-            target(self.model(batch.tensor))
-        return target.detections
-
-    def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "gradcam",
-                layers: Sequence[str | nn.Module] | None = None, targets: str | None = None,
-                method_options: dict[str, Any] | None = None, **target_options: Any,
-                ) -> tuple[list[Detections], list[Tensor]]:
-        """Detections and one map per detection (``[T_i, H, W]`` over each original image).
-
-        ``targets``: "boxes" (one map per detection), "masks" (one per predicted
-        mask), "classes" (one per class) or None for the family's default
-        (:attr:`default_targets`).
-        """
-        batch = self.preprocess(images)
-        target = self._target(batch, targets or self.default_targets, target_options)
-        cam = get_method(method)(self.model, layers or self.default_layers, **(method_options or {}))
-        result = cam.explain(batch.tensor, target)
-        maps = result.maps if isinstance(result.maps, list) else list(result.maps)
-        detections = getattr(target, "detections", None)
-        return detections, [g.maps_to_original(m) for g, m in zip(batch.geometries, maps)]
-
-    def _target(self, batch: Batch, kind: str, options: dict[str, Any]) -> Target:
-        if kind == "boxes":
-            return self.box_target(batch, **options)
-        if kind == "masks":
-            return self.mask_target(batch, **options)
-        if kind == "classes":
-            return self.class_target(batch, **options)
-        raise ValueError(f"unknown targets {kind!r}; use 'boxes', 'masks' or 'classes'")
-
     def class_target(self, batch: Batch, **options: Any) -> Target:
         """One target per class (the class as a whole)."""
         raise NotImplementedError(f"{type(self).__name__} has no per-class targets")
+
+    def target(self, batch: Batch, kind: str | None = None, **options: Any) -> Target:
+        """The target of ``kind``: "boxes" (one per detection), "masks" (one per predicted mask), "classes"
+        (one per class), or None for the family's default (:attr:`default_targets`)."""
+        kind = kind or self.default_targets
+        if kind not in _KINDS:
+            raise ValueError(f"unknown targets {kind!r}; use 'boxes', 'masks' or 'classes'")
+        if not self.supports(kind):
+            raise ValueError(f"{type(self).__name__} makes no {kind!r} targets; it makes "
+                             f"{', '.join(k for k in _KINDS if self.supports(k)) or 'none'}")
+        return getattr(self, _KINDS[kind])(batch, **options)
+
+    def supports(self, kind: str) -> bool:
+        """Whether this adapter makes ``kind`` targets ("boxes", "masks" or "classes")."""
+        method = _KINDS.get(kind)
+        return method is not None and getattr(type(self), method) is not getattr(Adapter, method)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> list[Detections]:
+        """Detections only, without explanations (one no-grad forward)."""
+        batch = self.preprocess(images)
+        target = self.target(batch, None, **options)
+        with preserved_state(self.model), torch.no_grad():
+            target(self.model(batch.tensor))
+        return target.detections
 
     @property
     def default_targets(self) -> str:

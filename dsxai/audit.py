@@ -74,6 +74,7 @@ from .runs import (append_json_line, check_output_folder, journal_path, read_jso
                    unique_stems, write_manifest)
 from .groundtruth import annotation_mask, coco_index, ignored_categories, map_classes, read_coco
 from .validation import check_conf, check_imgsz, check_max_pixels, check_non_negative
+from .pipeline import explain_maps
 
 __all__ = [
     "audit", "AuditResult", "mask_figures", "audit_layers", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",
@@ -476,7 +477,7 @@ def layer_stride(adapter: Any, layers: Sequence[str], probe: int = 256) -> float
 def _image_rows(adapter: Any, image: np.ndarray, truth: _Truth | None, *, method: str, layers: list[str],
                 targets: str, target_options: dict[str, Any], min_area: float, ring_px: float, ring_frac: float,
                 cell_px: float, thresholds: dict[str, float]) -> tuple[list[dict[str, Any]], Any, Tensor]:
-    dets, maps = adapter.explain([image], method=method, layers=layers, targets=targets, **target_options)
+    dets, maps = explain_maps(adapter, [image], method=method, layers=layers, targets=targets, **target_options)
     if dets is None:
         raise ValueError(f"{type(adapter).__name__} gave no masks to audit")
     d, m = dets[0], maps[0].detach().float()

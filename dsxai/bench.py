@@ -54,6 +54,7 @@ from .groundtruth import annotation_mask, coco_index, norm_name, read_coco
 from .metrics import BASELINES, baseline_maps
 from .validation import check_conf, check_imgsz, check_max_pixels, check_non_negative, check_positive_int, \
     check_steps
+from .pipeline import explain_maps
 
 __all__ = [
     "METRICS",
@@ -283,13 +284,13 @@ def _explain(adapter: Any, image: np.ndarray, method: str, options: dict[str, An
              explain_model: nn.Module | None) -> tuple[Detections, Tensor]:
     """One image, all its detections in one batched call."""
     if explain_model is None:
-        dets, maps = adapter.explain(image, method=method, **options)
+        dets, maps = explain_maps(adapter, image, method=method, **options)
         return dets[0], maps[0]
     # model randomisation: decode detections with the adapter's model, take the maps of ``explain_model``
     from .methods import get_method
 
     batch = adapter.preprocess(image)
-    target = adapter._target(batch, "boxes", options)
+    target = adapter.target(batch, "boxes", **options)
     was_training = adapter.model.training
     adapter.model.eval()
     try:

@@ -25,6 +25,7 @@ from .detections import Detections
 from .metrics import baseline_maps, energy_pointing_game, pointing_game
 from .render import compare_methods, render_masks, grid, titled, write_png
 from .shapes import Scene, make_scenes
+from .pipeline import explain_maps
 
 METHODS = ("eigencam", "gradcam", "hirescam", "layercam")
 MODELS = ("shapes-yolo", "shapes-fasterrcnn", "shapes-unet")
@@ -92,7 +93,7 @@ def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = MET
         for k, scene in enumerate(scenes):
             maps_by_method, detections = {}, None
             for method in methods:
-                (detections,), (maps,) = adapter.explain(scene.image, method=method)
+                (detections,), (maps,) = explain_maps(adapter, scene.image, method=method)
                 maps_by_method[method] = maps
                 _score(table[name][method], detections, maps, scene, prior=True)
             if adapter.task == "segment":

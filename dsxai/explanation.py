@@ -29,6 +29,7 @@ from .render import render_detections, render_grid, render_masks, render_panels,
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
 from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
     check_positive_int
+from .pipeline import explain_maps
 
 __all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes", "check_stem", "write_index"]
 
@@ -475,7 +476,7 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], meth
     all_maps: list[Tensor] = []
     for start in range(0, len(originals), batch_size):
         chunk = originals[start:start + batch_size]
-        dets, maps = adapter.explain(chunk, method=method, layers=used_layers, targets=targets,
+        dets, maps = explain_maps(adapter, chunk, method=method, layers=used_layers, targets=targets,
                                      method_options=method_options, **target_options)
         if dets is None:
             raise ValueError(f"targets {targets!r} of {type(adapter).__name__} give no detections to explain")

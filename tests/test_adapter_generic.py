@@ -14,6 +14,7 @@ from conftest import SHARED_DATA
 from dsxai.adapters.generic import (
     DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, guess_layers, make_batch,
 )
+from dsxai.pipeline import explain_maps
 
 DATA = SHARED_DATA
 
@@ -119,7 +120,7 @@ def test_preprocessing_geometry_and_normalisation():
 
 def test_detector_adapter_known_answer(toy, detector):
     before = snapshot(toy)
-    dets, maps = detector.explain(scene(), method="hirescam")
+    dets, maps = explain_maps(detector, scene(), method="hirescam")
     d, m = dets[0], maps[0]
     assert m.shape == (len(d), 120, 200)
     assert {"white", "red"} == set(d.names)
@@ -137,7 +138,7 @@ def test_detector_adapter_grayscale_rgba_batch_and_options(detector):
     image = scene()
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     rgba = np.dstack([image[:, :150], np.full((120, 150), 255, np.uint8)])
-    dets, maps = detector.explain([gray, rgba], method="gradcam")
+    dets, maps = explain_maps(detector, [gray, rgba], method="gradcam")
     assert [m.shape for m in maps] == [(len(dets[0]), 120, 200), (len(dets[1]), 120, 150)]
     assert set(dets[0].names) == {"white"}  # no red in grayscale
     assert {"white", "red"} == set(dets[1].names)
@@ -147,13 +148,13 @@ def test_detector_adapter_grayscale_rgba_batch_and_options(detector):
     assert len(no_nms) == len(detector.predict(image)[0])  # IoU 0.2 < 0.3
     assert len(no_nms) > len(detector.predict(image, iou=0.1)[0])
     assert len(detector.predict(image, max_dets=3)[0]) == 3
-    empty, empty_maps = detector.explain(image, conf=1.0)
+    empty, empty_maps = explain_maps(detector, image, conf=1.0)
     assert len(empty[0]) == 0 and empty_maps[0].shape == (0, 120, 200)
 
 
 @pytest.mark.parametrize("method", ["ablationcam", "scorecam"])
 def test_perturbation_methods_rescore_by_matching(detector, method):
-    dets, maps = detector.explain(scene(), method=method, layers=["features.1"],
+    dets, maps = explain_maps(detector, scene(), method=method, layers=["features.1"],
                                   method_options={"batch_size": 16})
     d, m = dets[0], maps[0]
     assert m.shape == (len(d), 120, 200) and len(d) > 0
@@ -174,8 +175,8 @@ def test_rescore_matches_itself_and_mirrored_views(toy, detector):
     with torch.no_grad():
         mirrored = flipped(toy(batch.tensor.flip(-1)))[0]
     assert torch.allclose(mirrored, scores, atol=0.05)
-    plain = detector.explain(scene(), method="hirescam")[1][0]
-    both = detector.explain(scene(), method="hirescam", method_options={"hflip": True})[1][0]
+    plain = explain_maps(detector, scene(), method="hirescam")[1][0]
+    both = explain_maps(detector, scene(), method="hirescam", method_options={"hflip": True})[1][0]
     assert plain.shape == both.shape
 
 
@@ -188,7 +189,7 @@ def test_user_rescore_and_one_argument_decode(toy):
 
     adapter = DetectorAdapter(toy, lambda out: toy_decode(out, None), size=(128, 160), resize="letterbox",
                               rescore=rescore, layers=["features.1"], conf=0.5)
-    dets, maps = adapter.explain(scene(), method="ablationcam", method_options={"batch_size": 16})
+    dets, maps = explain_maps(adapter, scene(), method="ablationcam", method_options={"batch_size": 16})
     assert calls and calls[0] == 16 and maps[0].shape[0] == len(dets[0]) > 0
 
 
@@ -233,7 +234,7 @@ def test_segmenter_adapter_known_answer(channels):
     before = snapshot(model)
     adapter = SegmenterAdapter(model, size=(96, 160), pad_multiple=32, layers=["features.1"])
     image = scene()
-    dets, maps = adapter.explain(image, method="hirescam", min_area=50)
+    dets, maps = explain_maps(adapter, image, method="hirescam", min_area=50)
     d, m = dets[0], maps[0]
     white = torch.zeros(120, 200, dtype=torch.bool)
     white[32:56, 40:64] = True
@@ -253,7 +254,7 @@ def test_segmenter_guessed_layer_and_custom_preprocess():
 
     adapter = SegmenterAdapter(model, prep)
     assert adapter.default_layers == ["features.1"]
-    dets, maps = adapter.explain(scene(), min_area=20)
+    dets, maps = explain_maps(adapter, scene(), min_area=20)
     assert maps[0].shape == (len(dets[0]), 120, 200) and len(dets[0]) >= 1
     with pytest.raises(ValueError, match="not both"):
         SegmenterAdapter(model, prep, size=(64, 64))
@@ -312,7 +313,7 @@ def test_fastestdet_onnx_finds_persons_and_bus_with_maps_in_their_boxes():
     image = assets() / "bus.jpg"
     # HiResCAM/LayerCAM keep where the evidence is: per-instance maps. Grad-CAM's channel weights
     # are averaged over the image, so same-class boxes share one map (checked on the bus only).
-    dets, maps = adapter.explain(image, method="hirescam")
+    dets, maps = explain_maps(adapter, image, method="hirescam")
     d, m = dets[0], maps[0]
     assert sorted(d.names) == ["bus", "person", "person", "person"]
     assert torch.allclose(d.scores.sort(descending=True).values, torch.tensor([0.89, 0.88, 0.76, 0.66]), atol=0.01)
@@ -320,7 +321,7 @@ def test_fastestdet_onnx_finds_persons_and_bus_with_maps_in_their_boxes():
     peaks = [peak_in_box(m[k], d.boxes[k].tolist()) for k in range(len(d))]
     shares = [share_in_box(m[k], d.boxes[k]) for k in range(len(d))]
     assert sum(peaks) >= 3 and np.median(shares) > 0.8, (peaks, shares)
-    _, grad_maps = adapter.explain(image, method="gradcam", classes=[5])  # 5 = bus
+    _, grad_maps = explain_maps(adapter, image, method="gradcam", classes=[5])  # 5 = bus
     bus = d.boxes[d.labels == 5][0]
     assert peak_in_box(grad_maps[0][0], bus.tolist()) and share_in_box(grad_maps[0][0], bus) > 0.6
     assert_unchanged(net, before)
@@ -351,7 +352,7 @@ def test_sinet_onnx_segments_the_person_with_map_on_the_mask():
     adapter = SegmenterAdapter(net, size=(320, 320), bgr=True, mean=tuple(mean), std=std,
                                class_names=["background", "person"])
     assert adapter.default_layers == ["PRelu_264"]  # the decoder's input feature map (144 ch, stride 8)
-    dets, maps = adapter.explain(path, per="class")
+    dets, maps = explain_maps(adapter, path, per="class")
     d, m = dets[0], maps[0]
     assert d.names == ["person"] and d.masks.shape[1:] == truth.shape
     iou = ((d.masks[0] & truth).sum() / (d.masks[0] | truth).sum()).item()

@@ -10,6 +10,7 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 
 from dsxai.adapters.smp_segmentation import SMPAdapter  # noqa: E402
 from _model_state import assert_unchanged, snapshot  # noqa: E402
+from dsxai.pipeline import explain_maps
 
 
 def dilate(mask, pixels):
@@ -61,7 +62,7 @@ def test_per_mask_maps_shapes_and_alignment(unet, images, name):
     h, w = image.shape[:2]
     # HiResCAM at the decoder output: the head is one 3x3 conv, so the mean logit inside a mask
     # reads the decoder features only within 1 px of the mask, whatever the weights
-    dets, maps = adapter.explain(image, method="hirescam", min_area=20)
+    dets, maps = explain_maps(adapter, image, method="hirescam", min_area=20)
     d, m = dets[0], maps[0]
     assert len(d) > 0 and m.shape == (len(d), h, w)
     assert d.masks.shape == (len(d), h, w) and d.image_size == (h, w)
@@ -80,7 +81,7 @@ def test_targets_options(unet, images):
     adapter = SMPAdapter(unet, class_names=["bg", "a", "b"])
     image = images["nonsquare"]
     comps = adapter.predict(image, min_area=1)
-    classes, class_maps = adapter.explain(image, per="class", min_area=1)
+    classes, class_maps = explain_maps(adapter, image, per="class", min_area=1)
     d = classes[0]
     assert class_maps[0].shape == (len(d), 70, 100)
     assert sorted(d.labels.tolist()) == sorted(set(comps[0].labels.tolist()))
@@ -101,7 +102,7 @@ def test_targets_options(unet, images):
     square[20:40, 30:60] = True
     half = np.zeros(image.shape[:2], bool)
     half[:, :50] = True
-    user, user_maps = adapter.explain(image, masks=[np.stack([square, half])], classes=[[1, 2]])
+    user, user_maps = explain_maps(adapter, image, masks=[np.stack([square, half])], classes=[[1, 2]])
     assert user[0].labels.tolist() == [1, 2] and user_maps[0].shape == (2, 70, 100)
     assert user[0].boxes[0].tolist() == [30, 20, 60, 40]
     assert torch.equal(user[0].masks[0], torch.from_numpy(square))
@@ -121,11 +122,11 @@ def test_targets_options(unet, images):
 
 def test_batch_of_two_sizes_and_min_area(unet, images):
     adapter = SMPAdapter(unet)
-    dets, maps = adapter.explain([images["nonsquare"], images["tall"]], min_area=30)
+    dets, maps = explain_maps(adapter, [images["nonsquare"], images["tall"]], min_area=30)
     assert [m.shape[1:] for m in maps] == [(70, 100), (96, 64)]
     for d, m in zip(dets, maps):
         assert m.shape[0] == len(d) and (d.masks.flatten(1).sum(1) >= 30 * 0.7).all()
-    none = adapter.explain(images["tall"], min_area=10**6)
+    none = explain_maps(adapter, images["tall"], min_area=10**6)
     assert len(none[0][0]) == 0 and none[1][0].shape == (0, 96, 64)
 
 
@@ -135,7 +136,7 @@ def test_binary_model_and_other_architecture():
     adapter = SMPAdapter(model)
     assert adapter.class_names == {0: "background", 1: "foreground"}
     image = (np.random.default_rng(1).random((64, 80, 3)) * 255).astype(np.uint8)
-    dets, maps = adapter.explain(image, per="class", min_area=1)
+    dets, maps = explain_maps(adapter, image, per="class", min_area=1)
     with torch.no_grad():
         logits = model(adapter.preprocess(image).tensor)[0, 0, :64, :80]
     fg = logits > 0

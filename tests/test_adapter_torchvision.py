@@ -17,6 +17,7 @@ from torchvision.models import detection
 
 from dsxai.adapters.torchvision_detection import TorchvisionDetectionAdapter, TorchvisionDetector
 from _model_state import assert_unchanged, snapshot  # noqa: E402
+from dsxai.pipeline import explain_maps
 
 ultralytics = pytest.importorskip("ultralytics")
 ASSETS = Path(ultralytics.__file__).parent / "assets"
@@ -96,7 +97,7 @@ def test_faster_rcnn_maps_per_box_aligned(faster, faster_adapter):
     assert tuple(batch.tensor.shape) == (1, 3, 192, 128)
     geometry = batch.geometries[0]
     assert geometry.content_size == (170, 128) and geometry.network_size == (192, 128)
-    dets, maps = faster_adapter.explain(image, method="hirescam", max_dets=4)
+    dets, maps = explain_maps(faster_adapter, image, method="hirescam", max_dets=4)
     d, m = dets[0], maps[0]
     assert m.shape == (4, 1080, 810) and len(d) == 4
     assert (d.boxes[:, 2] <= 810).all() and (d.boxes[:, 3] <= 1080).all()
@@ -111,7 +112,7 @@ def test_faster_rcnn_maps_per_box_aligned(faster, faster_adapter):
     assert min(inside) > 0.95, inside
     assert d.meta["candidate_index"].shape == (4,)
     # Grad-CAM (the default) runs too and yields one normalised map per box
-    _, grad_maps = faster_adapter.explain(image, max_dets=2)
+    _, grad_maps = explain_maps(faster_adapter, image, max_dets=2)
     assert grad_maps[0].shape == (2, 1080, 810) and grad_maps[0].amax((1, 2)).min() > 0.99
     assert_unchanged(faster, before)
 
@@ -164,7 +165,7 @@ def test_rcnn_box_target_under_autocast(faster_adapter):
 def test_faster_rcnn_batch_of_different_sizes_grayscale_rgba(faster, faster_adapter):
     gray = cv2.cvtColor(rgb("bus.jpg"), cv2.COLOR_RGB2GRAY)  # 1080 x 810, H x W
     rgba = np.dstack([rgb("zidane.jpg"), np.full((720, 1280), 255, np.uint8)])  # 720 x 1280 x 4
-    dets, maps = faster_adapter.explain([gray, rgba], method="hirescam", max_dets=3)
+    dets, maps = explain_maps(faster_adapter, [gray, rgba], method="hirescam", max_dets=3)
     assert [m.shape for m in maps] == [(3, 1080, 810), (3, 720, 1280)]
     assert [d.image_size for d in dets] == [(1080, 810), (720, 1280)]
     # each image's maps are over that image: mass inside its own proposals
@@ -179,7 +180,7 @@ def test_faster_rcnn_batch_of_different_sizes_grayscale_rgba(faster, faster_adap
 
 
 def test_zero_detections_give_empty_maps(faster_adapter):
-    dets, maps = faster_adapter.explain(rgb("zidane.jpg"), conf=1.01)
+    dets, maps = explain_maps(faster_adapter, rgb("zidane.jpg"), conf=1.01)
     assert len(dets[0]) == 0 and dets[0].boxes.shape == (0, 4)
     assert maps[0].shape == (0, 720, 1280)
 
@@ -212,8 +213,8 @@ def test_rescore_on_copies_matches_boxes(faster_adapter):
 
 def test_hflip_and_noise_views_run(faster_adapter):
     image = cv2.resize(rgb("zidane.jpg"), (192, 108))
-    plain = faster_adapter.explain(image, method="hirescam", max_dets=2)[1][0]
-    both = faster_adapter.explain(image, method="hirescam", max_dets=2, method_options={"hflip": True})[1][0]
+    plain = explain_maps(faster_adapter, image, method="hirescam", max_dets=2)[1][0]
+    both = explain_maps(faster_adapter, image, method="hirescam", max_dets=2, method_options={"hflip": True})[1][0]
     assert plain.shape == both.shape == (2, 108, 192)
     assert not torch.allclose(plain, both)
 
@@ -226,7 +227,7 @@ def test_dense_detectors_equal_torchvision_and_maps_near_anchor(name):
     adapter = TorchvisionDetectionAdapter(model)
     image = cv2.resize(rgb("zidane.jpg"), (192, 128), interpolation=cv2.INTER_AREA)  # 128 x 192: no padding
     assert_same_as_torchvision(adapter, model, image)
-    dets, maps = adapter.explain(rgb("bus.jpg"), method="hirescam", max_dets=3)
+    dets, maps = explain_maps(adapter, rgb("bus.jpg"), method="hirescam", max_dets=3)
     d, m = dets[0], maps[0]
     assert m.shape == (3, 1080, 810) and len(d) == 3
     # the score reads only the head's receptive field around the anchor: the map's peak is near it
@@ -247,7 +248,7 @@ def test_mask_rcnn_masks_equal_torchvision():
     ours, ref = assert_same_as_torchvision(adapter, model, image, max_dets=100)
     assert ours.masks.shape == (len(ours), 192, 128)
     assert torch.equal(ours.masks, ref["masks"][:, 0] > 0.5)
-    dets, maps = adapter.explain(image, max_dets=2)
+    dets, maps = explain_maps(adapter, image, max_dets=2)
     assert dets[0].masks.shape == (2, 192, 128) and maps[0].shape == (2, 192, 128)
 
 

@@ -25,6 +25,7 @@ from ultralytics import YOLO  # noqa: E402
 from dsxai.adapters import ultralytics_yolo  # noqa: E402
 from dsxai.adapters.ultralytics_yolo import UltralyticsAdapter, mirror_anchors  # noqa: E402
 from conftest import SHARED_DATA  # noqa: E402
+from dsxai.pipeline import explain_maps
 
 ASSETS = Path(ultralytics.__file__).parent / "assets"
 BUS, ZIDANE = ASSETS / "bus.jpg", ASSETS / "zidane.jpg"
@@ -116,7 +117,7 @@ def test_yolo_object_is_left_as_it_was(v8):
     before = _state(net)
     try:
         adapter = UltralyticsAdapter(v8, imgsz=256)
-        dets, maps = adapter.explain(BUS, method="layercam", conf=TINY, max_dets=2)
+        dets, maps = explain_maps(adapter, BUS, method="layercam", conf=TINY, max_dets=2)
         assert len(dets[0]) == 2 and maps[0].shape == (2, 1080, 810)
         after = _state(net)
         assert after[0].keys() == before[0].keys()
@@ -198,13 +199,13 @@ def test_batch_of_different_sizes_gets_one_map_set_per_image(built, name):
     adapter = UltralyticsAdapter(built[0][name], imgsz=256 if "v8" in name else 224, rect=False)
     third = rgb(BUS)[100:700, :500]  # 600 x 500
     images = [BUS, ZIDANE, third]
-    dets, maps = adapter.explain(images, method="layercam", conf=TINY, max_dets=3)
+    dets, maps = explain_maps(adapter, images, method="layercam", conf=TINY, max_dets=3)
     assert [tuple(m.shape) for m in maps] == [(3, 1080, 810), (3, 720, 1280), (3, 600, 500)]
     assert [d.image_size for d in dets] == [(1080, 810), (720, 1280), (600, 500)]
     assert all(float(m.flatten(1).amax(1).min()) > 0 for m in maps)  # every map of every image is real
     # image k's maps in the batch equal its maps when explained alone (no mixing between images)
     for k in (1, 2):
-        alone_dets, alone = adapter.explain(images[k], method="layercam", conf=TINY, max_dets=3)
+        alone_dets, alone = explain_maps(adapter, images[k], method="layercam", conf=TINY, max_dets=3)
         assert torch.equal(alone_dets[0].meta["anchor"], dets[k].meta["anchor"])
         assert (alone[0] - maps[k]).abs().max() < 1e-3 * float(alone[0].max())
 
@@ -216,7 +217,7 @@ def test_grayscale_rgba_and_pil_inputs(v8):
     image = rgb(ZIDANE)
     gray = image.mean(2).astype(np.uint8)
     rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
-    dets, maps = adapter.explain([gray, rgba, Image.fromarray(image)], conf=TINY, max_dets=2)
+    dets, maps = explain_maps(adapter, [gray, rgba, Image.fromarray(image)], conf=TINY, max_dets=2)
     assert [tuple(m.shape) for m in maps] == [(2, 720, 1280)] * 3
     # an opaque RGBA image is the RGB image
     assert torch.allclose(maps[1], maps[2], atol=1e-4) and torch.equal(dets[1].boxes, dets[2].boxes)
@@ -224,11 +225,11 @@ def test_grayscale_rgba_and_pil_inputs(v8):
 
 def test_zero_detections_give_empty_results(v8, built):
     adapter = UltralyticsAdapter(v8, imgsz=256)
-    dets, maps = adapter.explain([BUS, ZIDANE], conf=0.99)
+    dets, maps = explain_maps(adapter, [BUS, ZIDANE], conf=0.99)
     assert [tuple(m.shape) for m in maps] == [(0, 1080, 810), (0, 720, 1280)]
     assert [len(d) for d in dets] == [0, 0] and dets[0].boxes.shape == (0, 4)
     seg = UltralyticsAdapter(built[0]["yolov8n-seg.yaml"], imgsz=256)
-    dets, maps = seg.explain(BUS, targets="masks", conf=0.99)
+    dets, maps = explain_maps(seg, BUS, targets="masks", conf=0.99)
     assert maps[0].shape == (0, 1080, 810) and dets[0].masks.shape == (0, 1080, 810)
 
 
@@ -251,7 +252,7 @@ def test_class_targets(v8):
     assert torch.allclose(target.detections[0].scores, dense.scores[0, :, [0, 2, 5]].amax(0), atol=1e-6)
     # reduce="sum": the sum of the kept detections' scores of each class
     boxes = adapter.predict(BUS, conf=TINY, max_dets=8)[0]
-    dets, maps = adapter.explain(BUS, targets="classes", reduce="sum", conf=TINY, max_dets=8)
+    dets, maps = explain_maps(adapter, BUS, targets="classes", reduce="sum", conf=TINY, max_dets=8)
     for row, c in enumerate(dets[0].labels.tolist()):
         assert dets[0].scores[row] == pytest.approx(float(boxes.scores[boxes.labels == c].sum()), rel=1e-4)
     assert len(maps[0]) == len(set(boxes.labels.tolist()))
@@ -269,7 +270,7 @@ def test_instance_segmentation_masks_and_mask_targets(built):
         ratio = float((proto[0] / proto[1]).median())  # the logit changes sign inside the image
         for conv in head.cv4:
             conv[-1].bias[:2] = torch.tensor([1.0, -ratio])
-    dets, maps = adapter.explain(ZIDANE, targets="masks", method="layercam", conf=TINY, max_dets=3)
+    dets, maps = explain_maps(adapter, ZIDANE, targets="masks", method="layercam", conf=TINY, max_dets=3)
     masks = dets[0].masks
     assert masks.shape == (3, 720, 1280) and masks.dtype == torch.bool and maps[0].shape == (3, 720, 1280)
     for mask, box in zip(masks, dets[0].boxes):  # a real mask, cropped to its box
@@ -302,7 +303,7 @@ def test_end_to_end_head_decodes_the_one_to_one_branch():
     assert adapter.head.end2end is False
     adapter.head.end2end = True
     try:
-        dets, maps = adapter.explain(BUS, conf=TINY, max_dets=3)
+        dets, maps = explain_maps(adapter, BUS, conf=TINY, max_dets=3)
         assert len(dets[0]) == 3 and maps[0].shape == (3, 1080, 810)
         batch = adapter.preprocess(BUS)
         with torch.no_grad():
@@ -321,14 +322,14 @@ def test_explains_after_a_forward_under_inference_mode(v8):
         v8.model.eval()(torch.zeros(1, 3, 256, 192))
     v8.model.train(training)
     assert v8.model.model[-1].anchors.is_inference()
-    dets, maps = UltralyticsAdapter(v8, imgsz=256).explain(BUS, conf=TINY, max_dets=2)
+    dets, maps = explain_maps(UltralyticsAdapter(v8, imgsz=256), BUS, conf=TINY, max_dets=2)
     assert maps[0].shape == (2, 1080, 810) and maps[0].amax() > 0
 
 
 def test_perturbation_methods_run_on_copies(v8):
     """ScoreCAM scores the decoded detections on batches of masked copies (the engine checks [K, T])."""
     adapter = UltralyticsAdapter(v8, imgsz=160)
-    dets, maps = adapter.explain(ZIDANE, method="scorecam", layers=["model.15"], conf=TINY, max_dets=2,
+    dets, maps = explain_maps(adapter, ZIDANE, method="scorecam", layers=["model.15"], conf=TINY, max_dets=2,
                                  method_options={"batch_size": 32})
     # (with random weights every score is ~2e-4, so ScoreCAM's channel softmax is flat and the
     # two maps nearly coincide; the trained-checkpoint tests cover what the maps show)
@@ -398,7 +399,7 @@ def test_checkpoint_finds_the_four_people_on_the_bus_like_ultralytics(fall):
     before = _state(fall.model)
     adapter = UltralyticsAdapter(fall)
     flat = np.full((200, 300, 3), 127, np.uint8)
-    dets, maps = adapter.explain([BUS, flat], method="layercam")
+    dets, maps = explain_maps(adapter, [BUS, flat], method="layercam")
     assert dets[0].names == ["Normal"] * 4
     assert maps[0].shape == (4, 1080, 810) and maps[1].shape == (0, 200, 300) and len(dets[1]) == 0
     assert sum(peak_inside(maps[0], dets[0].boxes)) >= 3
@@ -419,8 +420,8 @@ def test_checkpoint_finds_the_four_people_on_the_bus_like_ultralytics(fall):
 def test_checkpoint_hflip_mirrors_the_detections(fall):
     """With hflip=True the mirrored view rescores the mirrored anchors: maps barely change."""
     adapter = UltralyticsAdapter(fall)
-    dets, plain = adapter.explain(BUS, method="layercam")
-    flipped_dets, flipped = adapter.explain(BUS, method="layercam", method_options={"hflip": True})
+    dets, plain = explain_maps(adapter, BUS, method="layercam")
+    flipped_dets, flipped = explain_maps(adapter, BUS, method="layercam", method_options={"hflip": True})
     assert torch.equal(dets[0].boxes, flipped_dets[0].boxes)
     a, b = (m.flatten(1) - m.flatten(1).mean(1, keepdim=True) for m in (plain[0], flipped[0]))
     correlation = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
@@ -438,7 +439,7 @@ def test_checkpoint_on_coco_people_maps_peak_inside_their_boxes():
     adapter = UltralyticsAdapter(str(FALL_PT))
     found = large = inside = total = 0
     for path, people in coco_people(6):
-        dets, maps = adapter.explain(path, method="layercam")
+        dets, maps = explain_maps(adapter, path, method="layercam")
         big = people[(people[:, 2:] - people[:, :2]).prod(1) > 96 ** 2]
         large += len(big)
         if len(dets[0]):
@@ -465,8 +466,8 @@ def test_yolov5_bus_and_zidane(yolov5_adapter):
     assert adapter.default_layers == ["model.17", "model.20", "model.23"]
     assert not any(k == "models" or k.startswith("models.") for k in sys.modules)  # no global aliasing
     before = _state(adapter.model)
-    (bus,), (bus_maps,) = adapter.explain(BUS, method="layercam")
-    (zidane,), (zidane_maps,) = adapter.explain(ZIDANE, method="layercam")
+    (bus,), (bus_maps,) = explain_maps(adapter, BUS, method="layercam")
+    (zidane,), (zidane_maps,) = explain_maps(adapter, ZIDANE, method="layercam")
     assert sorted(bus.names) == ["bus"] + ["person"] * 4
     assert zidane.names.count("person") == 2
     assert bus_maps.shape == (5, 1080, 810) and zidane_maps.shape == (len(zidane), 720, 1280)
@@ -489,7 +490,7 @@ def test_yolov5_bus_and_zidane(yolov5_adapter):
 def test_yolov5_coco_maps_peak_inside_their_boxes(yolov5_adapter):
     inside = total = 0
     for path, _ in coco_people(4):
-        dets, maps = yolov5_adapter.explain(path, method="layercam")
+        dets, maps = explain_maps(yolov5_adapter, path, method="layercam")
         peaks = peak_inside(maps[0], dets[0].boxes)
         inside, total = inside + sum(peaks), total + len(peaks)
     assert total >= 6 and inside >= 0.8 * total, f"{inside} of {total} LayerCAM peaks inside their box"

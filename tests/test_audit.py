@@ -24,6 +24,7 @@ import torch
 import dsxai
 from dsxai.audit import audit, audit_layers, layer_stride, mask_figures
 from dsxai.zoo.biased import TRIANGLE, cue_accuracy, cue_adapter, load_or_train, make_cue_scenes
+from dsxai.pipeline import explain_maps
 
 N_TEST = 10
 
@@ -102,7 +103,7 @@ def test_moving_the_cue_moves_the_evidence(cue_models, moved):
         tried += 1
         sides = []
         for image in (s.image, np.ascontiguousarray(s.image[:, ::-1])):
-            dets, maps = adapter.explain([image], method="layercam", layers=layers, targets="masks",
+            dets, maps = explain_maps(adapter, [image], method="layercam", layers=layers, targets="masks",
                                          classes=[TRIANGLE], min_area=30)
             d, m = dets[0], maps[0]
             if len(d) == 0:
@@ -407,7 +408,7 @@ def test_audit_layers_pick_the_deepest_encoder_stage():
     assert audit_layers(shallow) == ["encoder.layer2"]
     mobilenet = SMPAdapter(zoo.build_shapes_unet().eval())
     assert audit_layers(mobilenet) == ["encoder.model.blocks.5"]
-    _, maps = mobilenet.explain(np.full((64, 64, 3), 128, np.uint8), method="layercam",
+    _, maps = explain_maps(mobilenet, np.full((64, 64, 3), 128, np.uint8), method="layercam",
                                 layers=audit_layers(mobilenet), targets="masks", per="class", background=None)
     assert maps[0].shape[-2:] == (64, 64)
 

@@ -26,6 +26,7 @@ import torch
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from dsxai import get_method, shapes, zoo  # noqa: E402
+from dsxai.pipeline import explain_maps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SCENES = 8
@@ -148,7 +149,7 @@ def test_unet_mask_maps_sit_on_their_mask(scenes, method):
                          class_names=dict(enumerate(("background",) + zoo.SHAPES_CLASSES)))
     shares = []
     for scene in scenes[:4]:
-        detections, maps = adapter.explain(scene.image, method=method)
+        detections, maps = explain_maps(adapter, scene.image, method=method)
         (dets,), (maps,) = detections, maps
         assert dets.masks is not None and len(dets) == len(maps) > 0
         for mask, heat in zip(dets.masks.numpy(), maps):

@@ -15,6 +15,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from dsxai.adapters import load  # noqa: E402
 from dsxai.cli import main  # noqa: E402
 from conftest import SHARED_DATA  # noqa: E402
+from dsxai.pipeline import explain_maps
 
 SHARED = SHARED_DATA / "weights"
 
@@ -180,6 +181,6 @@ def test_yolov5_layout_checkpoint_without_the_yolov5_package(tmp_path):
     with torch.no_grad():
         ref, got = net(x), adapter.model(x)
     assert ref[0].shape == (1, 2 * (8 * 8 + 4 * 4), 8) and torch.allclose(ref[0], got[0], atol=1e-6)
-    dets, maps = adapter.explain(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8),
+    dets, maps = explain_maps(adapter, np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8),
                                  method="gradcam", conf=0.0, max_dets=3)
     assert len(dets[0]) == 3 and maps[0].shape == (3, 64, 64)
