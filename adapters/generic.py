@@ -33,11 +33,11 @@ from torchvision.ops import batched_nms, box_iou
 from dsxai.adapter import Adapter, Batch, DetectionTarget
 from dsxai.detections import Detections
 from dsxai.imaging import Geometry, ImageLike, letterbox, load_images
-from dsxai.layers import preserved_state
+from dsxai.layers import guess_layers
 from dsxai.targets import MaskTarget, Target
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "make_batch", "guess_layers",
+    "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "make_batch",
     "class_logits", "decode_masks", "SegmentationTarget", "SegmentationAdapter", "SegmenterAdapter",
     "BoxMatchingTarget", "best_match", "DecodedDetectionTarget", "DetectorAdapter",
 ]
@@ -162,62 +162,6 @@ def make_batch(images: ImageLike | Sequence[ImageLike], fn: Callable[[np.ndarray
         out[i, :, :tensor.shape[-2], :tensor.shape[-1]] = tensor
     geometries = [replace(g, network_size=(height, width)) for g in geometries]
     return Batch(tensor=out.to(device), images=originals, geometries=geometries)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def guess_layers(model: nn.Module, example: Tensor, min_channels: int = 16) -> list[str]:
-    """A reasonable layer to explain when none is given: the last feature map that a
-    convolution reads, i.e. the last module (in call order) whose output is a
-    ``[B, C, h, w]`` tensor with ``C >= min_channels`` on the input's grid (same
-    aspect ratio, at most 64x coarser) and is the input of a later ``Conv2d``.
-    That is the input of the last convolutional block of the head: late enough
-    to be specific, still a feature map rather than a prediction.
-
-    It is a heuristic: it runs one forward of ``example`` and logs its pick; pass
-    ``layers=`` for a model where another layer suits better.
-    """
-    seen: list[tuple[str, Tensor]] = []
-    conv_inputs: set[int] = set()
-    handles = []
-    h, w = example.shape[-2:]
-
-    def record(name):
-        def hook(module, inputs, output):
-            if isinstance(output, Tensor):
-                seen.append((name, output))
-        return hook
-
-    def read(module, inputs):
-        conv_inputs.update(id(t) for t in inputs if isinstance(t, Tensor))
-
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_pre_hook(read))
-        if name and not list(module.children()):
-            handles.append(module.register_forward_hook(record(name)))
-    try:
-        with preserved_state(model), torch.no_grad():
-            model(example.to(_device_of(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name, tensor in reversed(seen):
-        if tensor.ndim != 4 or id(tensor) not in conv_inputs or tensor.shape[1] < min_channels:
-            continue
-        fh, fw = tensor.shape[-2:]
-        if fh * 64 < h or fw * 64 < w or abs(fh / fw - h / w) > 0.25 * (h / w) + 1 / fw:
-            continue
-        log.info("explaining layer %r (output %s); pass layers= to choose another", name, list(tensor.shape))
-        return [name]
-    raise ValueError("could not guess a layer to explain (no feature map read by a convolution); "
-                     "pass layers=[...]")
 
 
 def _tensors(output: Any) -> list[Tensor]:

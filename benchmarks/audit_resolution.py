@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dsxai import shapes, zoo
     from dsxai.pipeline import explain_maps
-    from dsxai.audit import MAX_OUTSIDE, RING_FRAC, RING_PX, audit_layers, layer_stride, mask_figures
+    from dsxai.audit import MAX_OUTSIDE, RING_FRAC, RING_PX, mask_figures
+    from dsxai.layers import audit_layers, layer_stride
 
     torch.set_num_threads(args.threads)
     adapter = load_adapter(args)

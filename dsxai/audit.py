@@ -73,11 +73,13 @@ from torch import Tensor
 from .runs import (append_json_line, check_output_folder, journal_path, read_json_lines, rewrite_json_lines,
                    unique_stems, write_manifest)
 from .groundtruth import annotation_mask, coco_index, ignored_categories, map_classes, read_coco
+from .imaging import find_image_files
+from .layers import audit_layers, layer_stride
 from .validation import check_conf, check_imgsz, check_max_pixels, check_non_negative
 from .pipeline import explain_maps
 
 __all__ = [
-    "audit", "AuditResult", "mask_figures", "audit_layers", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",
+    "audit", "AuditResult", "mask_figures", "RING_PX", "RING_FRAC", "MAX_OUTSIDE",
     "MIN_CONFIDENCE", "MIN_IOU", "CSV_COLUMNS",
 ]
 
@@ -86,7 +88,6 @@ RING_FRAC = 0.25
 MAX_OUTSIDE = 0.5
 MIN_CONFIDENCE = 0.6
 MIN_IOU = 0.5
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _WEIGHTS = {"outside": 0.4, "confidence": 0.2, "iou": 0.3, "pointing": 0.1}
 _FORMAT = "dsxai.audit/2"  # 2: rings at least one cell of the explained layer wide
 JOURNAL, JSON_FILE, CSV_FILE, HTML_FILE, THUMBS = "audit.jsonl", "audit.json", "audit.csv", "report.html", "thumbs"
@@ -369,21 +370,7 @@ def _gt_figures(masks: Tensor, labels: Tensor, truth: _Truth, names: dict[int, s
 def _find_images(images: Any) -> list[tuple[str, Any, str | None]]:
     """``(name, image, path)`` per image: a folder, a file, a glob, or a list of paths / arrays."""
     if isinstance(images, (str, Path)):
-        path = Path(images)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            items = files
-        elif path.is_file():
-            items = [path]
-        else:
-            import glob
-
-            matches = sorted(Path(p) for p in glob.glob(str(images)) if Path(p).is_file())
-            if not matches:
-                raise FileNotFoundError(f"images not found: {images} (give a folder, an image file or a glob)")
-            items = matches
+        items = find_image_files(images)
     elif isinstance(images, np.ndarray) and images.ndim == 3:
         items = [images]
     else:
@@ -394,81 +381,6 @@ def _find_images(images: Any) -> list[tuple[str, Any, str | None]]:
     paths = [str(item) if isinstance(item, (str, Path)) else None for item in items]
     names = unique_stems([p if p is not None else f"image_{k:04d}" for k, p in enumerate(paths)])
     return list(zip(names, items, paths))
-
-
-def audit_layers(adapter: Any) -> list[str]:
-    """The layers :func:`audit` explains by default: the deepest stage of an smp encoder (context is
-    visible there; at the decoder a per-mask map lies inside the mask by construction), else the adapter's
-    ``default_layers``.
-
-    The deepest stage is the outermost encoder module that returns the encoder's last feature map (e.g.
-    ``encoder.layer4`` for ResNets, ``encoder.model.blocks.5`` for timm MobileNetV3). Picking the module
-    with the smallest output instead would pick a squeeze-excitation gate (``[B, C, 1, 1]``), whose maps
-    are empty.
-    """
-    model = adapter.model
-    encoder = getattr(model, "encoder", None)
-    if getattr(adapter, "task", None) != "segment" or encoder is None or not hasattr(model, "decoder"):
-        return list(adapter.default_layers)
-    fired: list[tuple[str, Tensor]] = []  # (name, output) in the order modules finish
-    features: list[Any] = []
-    handles = [encoder.register_forward_hook(lambda module, inputs, output: features.append(output))]
-    for name, module in encoder.named_modules():
-        if not name:
-            continue
-
-        def hook(module, inputs, output, name=name):
-            if isinstance(output, Tensor) and output.ndim == 4:
-                fired.append((name, output))
-        handles.append(module.register_forward_hook(hook))
-    from .layers import preserved_state
-
-    try:
-        batch = adapter.preprocess(np.zeros((64, 64, 3), np.uint8))
-        with preserved_state(model), torch.no_grad():
-            model(batch.tensor)
-    finally:
-        for handle in handles:
-            handle.remove()
-    output = features[0] if features else None
-    maps = [f for f in (output if isinstance(output, (list, tuple)) else [output])
-            if isinstance(f, Tensor) and f.ndim == 4]
-    if not maps or not fired:
-        return list(adapter.default_layers)
-    deepest = maps[-1]
-    # the last module to finish with that very tensor is the outermost one (the stage, not its last op)
-    same = [name for name, out in fired if out is deepest]
-    if not same:  # the encoder copied it: fall back to the last module with its shape
-        same = [name for name, out in fired if out.shape == deepest.shape]
-    return [f"encoder.{same[-1]}"] if same else list(adapter.default_layers)
-
-
-def layer_stride(adapter: Any, layers: Sequence[str], probe: int = 256) -> float:
-    """Network-input pixels per cell of the coarsest of ``layers`` (e.g. 32 for a ResNet's ``layer4``), from
-    one forward of a blank ``probe`` x ``probe`` image; 0 when no layer gives a ``[B, C, h, w]`` map.
-
-    The audit widens each mask's ring to at least one such cell (in original pixels): an upsampled map of
-    that layer spreads evidence on the mask's edge about a cell beyond it, which is resolution, not context.
-    """
-    from .layers import preserved_state, resolve_layers, tensor_leaves
-
-    sizes: list[tuple[int, int]] = []
-
-    def hook(module, inputs, output):
-        leaves = [t for t in tensor_leaves(output) if t.ndim == 4]
-        if leaves:
-            sizes.append(tuple(leaves[0].shape[-2:]))
-
-    handles = [module.register_forward_hook(hook) for _, module in resolve_layers(adapter.model, list(layers))]
-    try:
-        batch = adapter.preprocess(np.zeros((probe, probe, 3), np.uint8))
-        with preserved_state(adapter.model), torch.no_grad():
-            adapter.model(batch.tensor)
-    finally:
-        for handle in handles:
-            handle.remove()
-    h, w = batch.tensor.shape[-2:]
-    return max((max(h / sh, w / sw) for sh, sw in sizes if sh and sw), default=0.0)
 
 
 # ----------------------------------------------------------------------------------------------- one image

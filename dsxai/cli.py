@@ -11,13 +11,10 @@ import sys
 from typing import Sequence
 
 from ._version import __version__
+from .commands import CommandError
 
 #: subcommand modules, in the order ``dsxai --help`` lists them
 COMMANDS = ("explain", "bench", "audit", "layers", "demo")
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ImageLike", "MAX_PIXELS", "load_image", "load_images", "read_orientation", "apply_orientation",
+__all__ = ["ImageLike", "MAX_PIXELS", "IMAGE_SUFFIXES", "find_image_files", "load_image", "load_images", "read_orientation", "apply_orientation",
            "Geometry", "letterbox", "resize_to"]
 
 ImageLike = Any  # path, HxWx{1,3,4} uint8/float array, PIL image, or CxHxW / HxWxC tensor
@@ -22,6 +22,34 @@ ImageLike = Any  # path, HxWx{1,3,4} uint8/float array, PIL image, or CxHxW / Hx
 MAX_PIXELS = 40_000_000
 
 _EXIF_ORIENTATION = 0x0112
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_image_files(specs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files named by paths, folders (their image files, sorted) and glob patterns, resolved and
+    without repeats; FileNotFoundError names a spec that gives none."""
+    import glob
+
+    found: list[Path] = []
+    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += files
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(str(spec)):
+            files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+            if not files:
+                raise FileNotFoundError(f"no files match {str(spec)!r}")
+            found += files
+        else:
+            raise FileNotFoundError(f"image not found: {path} (give a folder, an image file or a glob)")
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def load_image(image: ImageLike, max_pixels: int | None = None) -> np.ndarray:

@@ -12,8 +12,9 @@ from torch import nn
 from _model_state import assert_unchanged, snapshot
 from conftest import SHARED_DATA
 from dsxai.adapters.generic import (
-    DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, guess_layers, make_batch,
+    DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, make_batch,
 )
+from dsxai.layers import guess_layers
 from dsxai.pipeline import explain_maps
 
 DATA = SHARED_DATA

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import dsxai
-from dsxai.audit import audit, audit_layers, layer_stride, mask_figures
+from dsxai.audit import audit, mask_figures
+from dsxai.layers import audit_layers, layer_stride
 from dsxai.zoo.biased import TRIANGLE, cue_accuracy, cue_adapter, load_or_train, make_cue_scenes
 from dsxai.pipeline import explain_maps
 
@@ -344,8 +345,8 @@ def test_resume_skips_finished_images(cue_models, moved, tmp_path):
     first = audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False)
     shutil.copy(root / "images" / "scene03.png", images / "scene03.png")
     calls = []
-    original = adapter.explain
-    adapter.explain = lambda images, **kw: (calls.append(1), original(images, **kw))[1]
+    original = adapter.target  # called once per explained image
+    adapter.target = lambda *args, **kw: (calls.append(1), original(*args, **kw))[1]
     second = audit(adapter, images, out=tmp_path / "out", min_area=30, progress=False, resume=True)
     assert len(calls) == 1  # only the new image was explained
     assert [r for r in second.rows if r["image"] != "scene03"] == first.rows
@@ -465,8 +466,8 @@ def test_colliding_stems_and_resume_keep_each_image_its_own_masks(cue_models, mo
     first = audit(adapter, [d1, d3], out=tmp_path / "out", min_area=30, progress=False, thumbnails="all")
     assert [i["image"] for i in first.images] == ["a", "a_2"]
     calls = []
-    original = adapter.explain
-    adapter.explain = lambda images, **kw: (calls.append(1), original(images, **kw))[1]
+    original = adapter.target  # called once per explained image
+    adapter.target = lambda *args, **kw: (calls.append(1), original(*args, **kw))[1]
     second = audit(adapter, [d1, d2, d3], out=tmp_path / "out", min_area=30, progress=False, resume=True,
                    thumbnails="all")
     assert len(calls) == 1  # only d2 was explained; d1 and d3 came from the journal, matched by path

@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..adapter import Adapter
 
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
 TRUST_HELP = ("unpickle the checkpoint with full pickle, which runs any code a crafted file holds; only for files "
               "you trust (default: only allow-listed model classes are rebuilt)")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_trust_flag, trust_checkpoint
+from . import CommandError, add_trust_flag, trust_checkpoint
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -103,7 +103,6 @@ def _audit(args: argparse.Namespace, classes, layers):
 
 
 def _summary(result) -> int:
-    from ..cli import CommandError
 
     s = result.summary
     if s["images"] and s["images_failed"] == s["images"]:

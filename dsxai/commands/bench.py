@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import add_trust_flag, trust_checkpoint
+from . import CommandError, add_trust_flag, trust_checkpoint
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -50,7 +50,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench import (FAITHFULNESS_AUTO_LIMIT, SYNTHETIC_DIR, check_bench_options, run_benchmark,
                          write_synthetic_coco)
-    from ..cli import CommandError
 
     # before --synthetic writes its scenes: a bad option leaves no output behind
     check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, gallery=args.gallery, imgsz=args.imgsz,

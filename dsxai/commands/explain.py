@@ -17,9 +17,8 @@ import glob
 import sys
 from pathlib import Path
 
-from . import add_trust_flag, resolve_model
+from . import CommandError, add_trust_flag, resolve_model
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -53,28 +52,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def find_images(specs: list[str]) -> list[Path]:
-    """Image files named by paths, folders (their image files, sorted) and glob patterns, without repeats."""
-    from ..cli import CommandError
+    """Image files named by paths, folders and glob patterns (:func:`dsxai.imaging.find_image_files`)."""
+    from ..imaging import find_image_files
 
-    found: list[Path] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise CommandError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            found += files
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(spec):
-            files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            if not files:
-                raise CommandError(f"no files match {spec!r}")
-            found += files
-        else:
-            raise CommandError(f"image not found: {path}")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    try:
+        return find_image_files(specs)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def scanned_folders(specs: list[str]) -> list[Path]:
@@ -105,7 +89,6 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CommandError
     from ..explanation import DERIVED_SUFFIXES, explain, write_index
     from ..imaging import load_image, read_orientation
     from ..layers import resolve_layers
