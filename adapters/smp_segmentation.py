@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import cv2
 from torch import nn
 
-from .generic import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SegmentationAdapter, class_name_map
+from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, class_name_map
+from ._segmentation import SegmentationAdapter
 
 __all__ = ["SMPAdapter"]
 

@@ -46,8 +46,9 @@ from dsxai.adapter import Batch
 from dsxai.detections import Detections
 from dsxai.imaging import Geometry, ImageLike
 
-from .generic import (AdapterBase, BoxMatchingTarget, best_match, candidate_rows, class_name_map, make_batch,
-                      select_candidates)
+from ._candidates import candidate_rows, select_candidates
+from ._matching import BoxMatchingTarget, best_match
+from ._preprocessing import AdapterBase, class_name_map, make_batch
 
 __all__ = ["TorchvisionDetectionAdapter", "TorchvisionDetector", "TorchvisionBoxTarget"]
 
