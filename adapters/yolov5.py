@@ -22,53 +22,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from dsxai.adapter import Adapter, Batch
-from dsxai.imaging import ImageLike
+from dsxai.adapter import Batch
+from dsxai.boxes import cxcywh_to_xyxy
 
-from .checkpoint import UnsafeCheckpointError, checkpoint_family, load_checkpoint
-from .ultralytics_yolo import (
-    DenseOutput, YOLOBoxTarget, YOLOClassTarget, letterbox_batch, network_size, xywh_to_xyxy,
-)
+from ._yolo import DenseOutput, YOLOAdapterBase, YOLOBoxTarget, YOLOClassTarget
+from .loading import load_yolov5
 
 __all__ = ["YOLOv5Adapter", "load_yolov5"]
-
-_EXPECTED = "an original YOLOv5 checkpoint (.pt from github.com/ultralytics/yolov5, e.g. yolov5n.pt)"
-
-
-def load_yolov5(path: str | Path, device: str | torch.device | None = None, trust: bool = False) -> nn.Module:
-    """The float32, eval-mode ``DetectionModel`` of an original YOLOv5 checkpoint (EMA weights when present).
-
-    Loaded with the YOLOv5 allow-list of :func:`~dsxai.adapters.checkpoint.load_checkpoint`; ``trust=True``
-    allows full pickle loading (the file may run code).
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnsafeCheckpointError: the pickle names something outside the allow-list (nothing was run).
-        ValueError: not a YOLOv5 checkpoint, or damaged.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (expected {_EXPECTED})")
-    if path.suffix.lower() != ".pt":
-        raise ValueError(f"{path} has suffix {path.suffix!r}; expected {_EXPECTED}")
-    try:
-        if checkpoint_family(path) == "ultralytics":
-            raise ValueError(f"{path} is an Ultralytics YOLOv8/11 checkpoint; use UltralyticsAdapter "
-                             "(or dsxai.adapters.load)")
-        ckpt = load_checkpoint(path, "yolov5", trust=trust)
-    except UnsafeCheckpointError:
-        raise
-    except ValueError as exc:
-        raise ValueError(f"{exc}; expected {_EXPECTED}") from None
-    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
-    if not isinstance(model, nn.Module):
-        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} holds no model (found {keys}); expected {_EXPECTED}")
-    model = model.float().eval()
-    for module in model.modules():  # attributes newer torch versions expect on modules pickled by older ones
-        if isinstance(module, nn.Upsample) and not hasattr(module, "recompute_scale_factor"):
-            module.recompute_scale_factor = None
-    return model.to(device) if device is not None else model
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -80,7 +40,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-class YOLOv5Adapter(Adapter):
+class YOLOv5Adapter(YOLOAdapterBase):
     """Explain classic anchor-based YOLOv5 detectors.
 
     Args:
@@ -120,42 +80,23 @@ class YOLOv5Adapter(Adapter):
         if type(head).__name__ != "Detect":
             raise ValueError(f"YOLOv5Adapter supports the Detect head; this model ends in {type(head).__name__} "
                              "(YOLOv5 segmentation and classification models are not supported)")
-        self.model = net
-        self.head = head
-        names = getattr(net, "names", None) or [str(i) for i in range(head.nc)]
-        self.class_names = dict(names) if isinstance(names, dict) else dict(enumerate(names))
-        self.stride = max(int(torch.as_tensor(head.stride).max()), 32)
-        self.imgsz = imgsz
-        self.network_size = network_size(imgsz, self.stride)
-        self.rect = rect
+        self._set_network(net, head, max(int(torch.as_tensor(head.stride).max()), 32), imgsz, rect)
         self.task = "detect"
-        f = head.f if isinstance(head.f, (list, tuple)) else [head.f]
-        self.default_layers = [f"model.{int(i)}" for i in f]
 
     @property
-    def dtype(self) -> torch.dtype:
-        for p in self.model.parameters():
-            return p.dtype
-        return torch.float32
-
-    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Batch:
-        self._reset_inference_caches()
-        return letterbox_batch(images, self.imgsz, self.stride, self.rect, self.device, self.dtype)
+    def anchors_per_cell(self) -> int:
+        """Anchor boxes per grid cell of each Detect level (3 in the released models)."""
+        return int(self.head.na)
 
     def box_target(self, batch: Batch, conf: float = 0.25, iou: float = 0.45,
                    classes: Sequence[int] | None = None, max_dets: int = 1000) -> YOLOBoxTarget:
         """One target per detection: ``obj * cls`` at the row kept by NMS (YOLOv5's detect.py defaults)."""
-        self._reset_inference_caches()
-        return YOLOBoxTarget(self.dense, batch.geometries, self.class_names, conf, iou, classes, max_dets,
-                             True, self.levels(batch.tensor.shape[-2:]))
+        return self.dense_target(batch, conf, iou, classes, max_dets)
 
     def class_target(self, batch: Batch, classes: Sequence[int] | None = None, reduce: str = "max",
                      conf: float = 0.25, iou: float = 0.45, max_dets: int = 1000) -> YOLOClassTarget:
         """One target per (image, class); see :class:`~dsxai.adapters.ultralytics_yolo.YOLOClassTarget`."""
-        self._reset_inference_caches()
-        boxes = YOLOBoxTarget(self.dense, batch.geometries, self.class_names, conf, iou, None, max_dets,
-                              True, self.levels(batch.tensor.shape[-2:]))
-        return YOLOClassTarget(boxes, classes, reduce)
+        return self.yolo_class_target(batch, classes, reduce, conf, iou, max_dets)
 
     def dense(self, output: Any) -> DenseOutput:
         """The per-row view of the eval-mode output ``(pred [B, N, 5 + nc], raw)``."""
@@ -164,13 +105,7 @@ class YOLOv5Adapter(Adapter):
         if not isinstance(pred, Tensor) or pred.ndim != 3 or pred.shape[-1] != 5 + nc:
             shape = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
             raise ValueError(f"unexpected YOLOv5 output {shape}; expected [B, N, {5 + nc}] from the model in eval mode")
-        return DenseOutput(boxes=xywh_to_xyxy(pred[..., :4]), scores=pred[..., 5:] * pred[..., 4:5])
-
-    def levels(self, size: Sequence[int]) -> list[tuple[int, int, int]]:
-        """``(anchors per cell, h, w)`` of each Detect level for a network input of ``size``."""
-        h, w = int(size[0]), int(size[1])
-        strides = [int(s) for s in torch.as_tensor(self.head.stride).tolist()]
-        return [(int(self.head.na), -(-h // s), -(-w // s)) for s in strides]
+        return DenseOutput(boxes=cxcywh_to_xyxy(pred[..., :4]), scores=pred[..., 5:] * pred[..., 4:5])
 
     def _reset_inference_caches(self) -> None:
         """Drop grids cached by a forward under ``torch.inference_mode`` (they cannot enter autograd)."""
