@@ -330,11 +330,11 @@ class TorchvisionDetectionAdapter(AdapterBase):
         self.model = TorchvisionDetector(model)
         self.task = "instance" if self.model.has_masks else "detect"
         if class_names is None:
-            from torchvision.models._meta import _COCO_CATEGORIES
-            from torchvision.models.detection import KeypointRCNN
+            from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, KeypointRCNN
 
-            if self.model.num_classes == len(_COCO_CATEGORIES):
-                class_names = _COCO_CATEGORIES
+            coco = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]  # COCO's 91 ids, with gaps
+            if self.model.num_classes == len(coco):
+                class_names = coco
             elif isinstance(model, KeypointRCNN) and self.model.num_classes == 2:
                 class_names = {0: "__background__", 1: "person"}
         self.class_names = class_name_map(class_names)

@@ -168,12 +168,16 @@ class Concat(nn.Module):
         return torch.cat(x, self.d)
 
 
-class Contract(nn.Module):
-    """Width-height into channels: [B, C, H, W] -> [B, C*g*g, H/g, W/g]."""
+class _Regroup(nn.Module):
+    """Moves pixels between the channel and spatial axes by a factor ``gain`` (YOLOv5's ``gain`` attribute)."""
 
     def __init__(self, gain: int = 2):
         super().__init__()
         self.gain = gain
+
+
+class Contract(_Regroup):
+    """Width-height into channels: [B, C, H, W] -> [B, C*g*g, H/g, W/g]."""
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.size()
@@ -182,12 +186,8 @@ class Contract(nn.Module):
         return x.view(b, c * s * s, h // s, w // s)
 
 
-class Expand(nn.Module):
+class Expand(_Regroup):
     """Channels into width-height: [B, C, H, W] -> [B, C/g/g, H*g, W*g]."""
-
-    def __init__(self, gain: int = 2):
-        super().__init__()
-        self.gain = gain
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.size()
