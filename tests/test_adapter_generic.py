@@ -12,9 +12,11 @@ from torch import nn
 from _model_state import assert_unchanged, snapshot
 from conftest import SHARED_DATA
 from dsxai.adapters.generic import (
-    DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, make_batch,
+    DetectorAdapter, Preprocessing, SegmenterAdapter, best_match, make_batch, select_candidates,
 )
+from dsxai.engine import normalize_maps
 from dsxai.layers import guess_layers
+from dsxai.methods import get_method
 from dsxai.pipeline import explain_maps
 
 DATA = SHARED_DATA
@@ -176,9 +178,23 @@ def test_rescore_matches_itself_and_mirrored_views(toy, detector):
     with torch.no_grad():
         mirrored = flipped(toy(batch.tensor.flip(-1)))[0]
     assert torch.allclose(mirrored, scores, atol=0.05)
-    plain = explain_maps(detector, scene(), method="hirescam")[1][0]
-    both = explain_maps(detector, scene(), method="hirescam", method_options={"hflip": True})[1][0]
-    assert plain.shape == both.shape
+
+
+def test_hflip_averages_the_mirrored_view_read_at_the_mirrored_boxes(toy, detector):
+    batch = detector.preprocess(scene())
+    width = batch.tensor.shape[-1]
+    cam = get_method("hirescam")(toy, ["features.1"])
+    target = detector.box_target(batch)
+    plain = cam(batch.tensor, target)[0]
+    mirrored = cam(batch.tensor.flip(-1), target.hflip(width))[0]
+    both = get_method("hirescam")(toy, ["features.1"], hflip=True)(batch.tensor, detector.box_target(batch))[0]
+    # hflip = the normalised sum of the plain map and the mirrored view's map flipped back
+    assert torch.allclose(both, normalize_maps(plain + mirrored.flip(-1)), atol=1e-6)
+    # the toy's convolutions are mirror-symmetric and the letterbox is centred, so a mirrored target that
+    # reads the mirrored boxes gives the plain map back; reading the unmirrored boxes gives other maps
+    assert torch.allclose(mirrored.flip(-1), plain, atol=1e-4)
+    unmirrored = cam(batch.tensor.flip(-1), target)[0]
+    assert (unmirrored.flip(-1) - plain).abs().amax() > 0.5
 
 
 def test_user_rescore_and_one_argument_decode(toy):
@@ -296,8 +312,10 @@ def fastestdet_decode(output, batch):
 
 
 def coco80():
-    from torchvision.models._meta import _COCO_CATEGORIES
-    return [c for c in _COCO_CATEGORIES if c not in ("__background__", "N/A")]
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    categories = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    return [c for c in categories if c not in ("__background__", "N/A")]
 
 
 def assets():
@@ -361,3 +379,28 @@ def test_sinet_onnx_segments_the_person_with_map_on_the_mask():
     near = F.max_pool2d(d.masks[0][None, None].float(), 31, 1, 15)[0, 0] > 0
     assert (m[0] * near).sum() / m[0].sum() > 0.8
     assert (m[0] * d.masks[0]).sum() / m[0].sum() > d.masks[0].float().mean() + 0.1  # better than chance
+
+
+def test_one_candidate_pipeline_filters_suppresses_and_caps():
+    from dsxai.adapters._candidates import best_class_candidates
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    labels = torch.tensor([0, 0, 0, 1])
+
+    def kept(**options):
+        settings = dict(conf=0.5, iou=0.5, classes=None, max_dets=10) | options
+        return select_candidates(boxes, scores, labels, **settings).tolist()
+
+    # class-aware NMS: box 1 overlaps box 0 (IoU 0.68) and goes; box 3, same place, other class, stays
+    assert kept() == [0, 2, 3]
+    assert kept(iou=None) == [0, 1, 2, 3] and kept(iou=0.7) == [0, 1, 2, 3]
+    assert kept(classes=[1]) == [3] and kept(conf=0.65) == [0, 2] and kept(max_dets=2) == [0, 2]
+    assert kept(iou=None, max_candidates=2) == [0, 1] and kept(max_dets=0) == [] and kept(conf=0.95) == []
+    # YOLO heads: a row is a candidate of its best class only (its other class scores never count)
+    rows, best = best_class_candidates(torch.tensor([[0.1, 0.9], [0.8, 0.3]]), boxes[:2], conf=0.5, iou=0.5,
+                                       classes=None, max_dets=10)
+    assert rows.tolist() == [0, 1] and best.tolist() == [1, 0]
+    rows, best = best_class_candidates(torch.tensor([[0.1, 0.9], [0.8, 0.3]]), boxes[:2], conf=0.5, iou=0.5,
+                                       classes=[0], max_dets=10)
+    assert rows.tolist() == [1] and best.tolist() == [0]

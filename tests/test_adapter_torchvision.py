@@ -15,6 +15,7 @@ import pytest
 import torch
 from torchvision.models import detection
 
+from dsxai.adapters.generic import best_match
 from dsxai.adapters.torchvision_detection import TorchvisionDetectionAdapter, TorchvisionDetector
 from _model_state import assert_unchanged, snapshot  # noqa: E402
 from dsxai.pipeline import explain_maps
@@ -207,8 +208,18 @@ def test_rescore_on_copies_matches_boxes(faster_adapter):
     boxes = target.detections[0].meta["network_boxes"]
     assert torch.allclose(flipped._boxes(0)[:, [2, 0]], width - boxes[:, [0, 2]])
     with torch.no_grad():
-        mirrored = flipped(net(batch.tensor.flip(-1)))[0]
-    assert mirrored.shape == (3,) and torch.isfinite(mirrored).all()
+        output = net(batch.tensor.flip(-1))
+        mirrored = flipped(output)[0]
+        unmirrored = target.on_copies(output, 0, slice(0, 1))[0]
+    # the mirrored boxes on the mirrored output score as the boxes on the mirrored-back candidates
+    labels = target.detections[0].labels
+    candidates = output["boxes"][0][:, labels]
+    back = torch.stack([width - candidates[..., 2], candidates[..., 1], width - candidates[..., 0],
+                        candidates[..., 3]], -1)
+    expected = best_match(boxes, back, output["probs"][0][:, labels], target.region(0))
+    assert mirrored.shape == (3,) and (mirrored > 0).all()
+    assert torch.allclose(mirrored, expected, atol=1e-5)
+    assert not torch.allclose(mirrored, unmirrored)
 
 
 def test_hflip_and_noise_views_run(faster_adapter):
