@@ -38,6 +38,36 @@ __all__ = [
 ]
 
 
+class SegmenterAdapter(SegmentationAdapter):
+    """Any module mapping images to per-class logits ``[B, C, h, w]``.
+
+    Args:
+        module: the segmenter (its raw output: a tensor, a tuple whose first item
+            is the logits, or a dict with "out"); a single channel is a binary
+            (sigmoid) output, read as classes {0: background, 1: foreground}.
+        preprocess: a callable ``RGB uint8 HxWx3 -> tensor [3, h, w]`` or
+            ``(tensor, Geometry)``, or a :class:`Preprocessing`; or leave it None
+            and give the :class:`Preprocessing` options as keywords (``size``,
+            ``mean``, ``std``, ``scale``, ``bgr``, ``resize``, ``interpolation``,
+            ``pad_multiple``, ...).
+        class_names: id -> name (dict or list).
+        background: class skipped by predicted masks (None: keep every class).
+        layers: layers to explain; by default the last feature map (see
+            :func:`guess_layers`), found with one forward at first use.
+    """
+
+    def __init__(self, module: nn.Module, preprocess: Any = None, *, class_names: Any = None,
+                 background: int | None = 0, layers: Sequence[str | nn.Module] | None = None,
+                 **preprocessing: Any):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self.model = module
+        self._use_preprocessing(preprocess, preprocessing)
+        self.class_names = class_name_map(class_names)
+        self.background = background
+        self.default_layers = layers
+
+
 class DecodedDetectionTarget(BoxMatchingTarget):
     """The target of :class:`DetectorAdapter`: candidates from the user's ``decode``."""
 
@@ -182,38 +212,3 @@ def _takes_two(fn: Callable) -> bool:
     except (TypeError, ValueError):
         return False
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
-
-
-class SegmenterAdapter(SegmentationAdapter):
-    """Any module mapping images to per-class logits ``[B, C, h, w]``.
-
-    Args:
-        module: the segmenter (its raw output: a tensor, a tuple whose first item
-            is the logits, or a dict with "out"); a single channel is a binary
-            (sigmoid) output, read as classes {0: background, 1: foreground}.
-        preprocess: a callable ``RGB uint8 HxWx3 -> tensor [3, h, w]`` or
-            ``(tensor, Geometry)``, or a :class:`Preprocessing`; or leave it None
-            and give the :class:`Preprocessing` options as keywords (``size``,
-            ``mean``, ``std``, ``scale``, ``bgr``, ``resize``, ``interpolation``,
-            ``pad_multiple``, ...).
-        class_names: id -> name (dict or list).
-        background: class skipped by predicted masks (None: keep every class).
-        layers: layers to explain; by default the last feature map (see
-            :func:`guess_layers`), found with one forward at first use.
-    """
-
-    def __init__(self, module: nn.Module, preprocess: Any = None, *, class_names: Any = None,
-                 background: int | None = 0, layers: Sequence[str | nn.Module] | None = None,
-                 **preprocessing: Any):
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-        self.model = module
-        self._use_preprocessing(preprocess, preprocessing)
-        self.class_names = class_name_map(class_names)
-        self.background = background
-        self.default_layers = layers
-
-
-# --------------------------------------------------------------------------------------------------
-# Detection: box targets matched on copies, and the decode-function adapter
-# --------------------------------------------------------------------------------------------------
