@@ -23,6 +23,7 @@ from .targets import ClassTarget
 __all__ = ["BaseCAM", "ActivationCAM", "CAMResult", "FeatureSource", "TargetScores", "normalize_maps",
            "fuse_sources"]
 
+
 @dataclass
 class CAMResult:
     """Maps and the scores they explain, one entry per image.
@@ -264,7 +265,8 @@ class BaseCAM:
                      scores: TargetScores) -> list[Tensor]:
         """Per source, ``[N, h_k, w_k]`` maps: one per target (``N = len(scores.flat)``), or one per image
         when :attr:`class_agnostic`."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} makes no maps: a method subclasses GradientCAM, "
+                                  "ActivationCAM or PerturbationCAM (dsxai), not BaseCAM itself")
 
     # -------------------------------------------------------------- internals
     def _views(self, x: Tensor) -> list[tuple[Tensor, bool]]:

@@ -25,7 +25,7 @@ from .methods import METHODS, get_method
 from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
     check_positive_int
 
-__all__ = ["explain", "explain_maps", "DEFAULT_METHOD", "resolve_classes", "method_name"]
+__all__ = ["explain", "explain_maps", "build_method", "DEFAULT_METHOD", "resolve_classes", "method_name"]
 
 #: Default CAM method per adapter task. Plain GradCAM averages the gradient over the whole
 #: feature map, so on detectors (one small box among many anchors) its map peaks inside its own

@@ -345,3 +345,11 @@ def test_a_method_is_only_a_weighting(net, images):
 
     maps = GradientOnly(net, ["deep"])(images, dsxai.ClassTarget(2))
     assert maps.shape == (3, 1, 32, 40) and maps.max() == pytest.approx(1, abs=1e-5)
+
+    class NoKind(dsxai.BaseCAM):  # the shared base alone says nothing about how maps come about
+        def cam_from_gradients(self, activations, gradients):
+            return (gradients * activations).sum(1)
+
+    with pytest.raises(NotImplementedError, match="subclasses GradientCAM, ActivationCAM or PerturbationCAM"):
+        NoKind(net, ["deep"])(images, dsxai.ClassTarget(2))
+    assert all(h == {} for h in (m._forward_hooks for m in net.modules()))  # hooks gone after the error
