@@ -5,17 +5,21 @@ The core (this package) is model-agnostic; model families live in ``dsxai.adapte
 from ._version import __version__
 from .audit import AuditResult, audit
 from .detections import Detections
-from .engine import BaseCAM, CAMResult, normalize_maps
-from .explanation import Explanation, explain
+from .engine import ActivationCAM, BaseCAM, CAMResult, normalize_maps
+from .explanation import Explanation
+from .gradient import GradientCAM
 from .layers import list_layers, resolve_layers
 from .methods import (
     METHODS, AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
     XGradCAM, get_method,
 )
+from .perturbation import PerturbationCAM
+from .pipeline import explain
 from .targets import ClassTarget, MaskTarget, OutputIndexTarget, Target
 
 __all__ = [
-    "__version__", "audit", "AuditResult", "Detections", "Explanation", "explain", "BaseCAM", "CAMResult", "normalize_maps", "list_layers", "resolve_layers",
+    "__version__", "audit", "AuditResult", "Detections", "Explanation", "explain", "BaseCAM", "CAMResult",
+    "GradientCAM", "ActivationCAM", "PerturbationCAM", "normalize_maps", "list_layers", "resolve_layers",
     "METHODS", "get_method", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM",
     "EigenGradCAM", "ScoreCAM", "AblationCAM", "Target", "ClassTarget", "OutputIndexTarget", "MaskTarget",
 ]

@@ -1,13 +1,14 @@
-"""The CAM engine: one forward, one batched backward, one map per (image, target).
+"""The CAM engine: one forward, one map per (image, target).
 
-Every method is a small subclass of :class:`BaseCAM` that only says how it turns a
-layer's activations (and gradients, or perturbation scores) into a map; capture,
-batching, normalisation, upsampling, layer fusion and augmentation live here.
+:class:`BaseCAM` owns what every method shares (input checks, views for noise and
+mirroring, autocast, layer capture, target scores, fusion and upsampling); a kind
+base says how low-resolution maps come about: :class:`ActivationCAM` here,
+:class:`~dsxai.gradient.GradientCAM` and :class:`~dsxai.perturbation.PerturbationCAM`
+beside it. A method is a tiny subclass that only weights channels.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -17,27 +18,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import LayerSpec, capture_outputs, feature_maps, preserved_state, resolve_layers, tensor_leaves
-from .targets import ClassTarget, Target
+from .targets import ClassTarget
 
-__all__ = ["BaseCAM", "CAMResult", "normalize_maps", "fuse_sources"]
-
-log = logging.getLogger("dsxai")
-_EPS = 1e-7
+__all__ = ["BaseCAM", "ActivationCAM", "CAMResult", "FeatureSource", "TargetScores", "normalize_maps",
+           "fuse_sources"]
 
 
 @dataclass
 class CAMResult:
-    """Maps and the scores they explain.
+    """Maps and the scores they explain, one entry per image.
 
-    ``maps`` is ``[B, T, H, W]`` when every image has the same number of targets
-    (``targets`` returned a tensor), else a list of ``[T_i, H, W]``; float32 in
-    [0, 1] at the input's resolution on the model's device. ``scores`` holds the
-    detached target scores, in the same layout without the spatial dims.
+    ``maps[b]`` is ``[T_b, H, W]`` float32 in [0, 1] at the input's resolution on the model's
+    device; ``scores[b]`` the detached ``[T_b]`` target scores. ``dense`` tells that the target
+    returned one ``[B, T]`` tensor, so :meth:`stacked` gives ``[B, T, H, W]``.
     """
 
-    maps: Tensor | list[Tensor]
-    scores: Tensor | list[Tensor]
+    maps: list[Tensor]
+    scores: list[Tensor]
     layers: list[str] = field(default_factory=list)
+    dense: bool = False
+
+    def stacked(self) -> Tensor:
+        """The maps as one ``[B, T, H, W]`` tensor; ValueError when the images have different target counts."""
+        if len({len(m) for m in self.maps}) > 1:
+            raise ValueError(f"images have different numbers of targets ({[len(m) for m in self.maps]}); "
+                             "use .maps, one [T_i, H, W] tensor per image")
+        return torch.stack(self.maps)
 
 
 _TINY = 1e-30
@@ -140,44 +146,54 @@ def check_input(model: nn.Module, x: Any) -> Tensor:
     return x.to(device) if device is not None and x.device != device else x
 
 
+@dataclass
+class FeatureSource:
+    """One map source: a tensor a captured layer returned, as it came and as ``[B, C, h, w]``."""
+
+    name: str
+    module: nn.Module
+    leaf: Tensor          # the tensor as the layer returned it (what gradients are taken against)
+    activations: Tensor   # the same as [B, C, h, w]
+    plain: bool           # the layer ran once and returned this one tensor
+
+
+@dataclass
+class TargetScores:
+    """A batch's target scores flattened: ``flat[i]`` belongs to image ``image_of[i]``; ``counts[b]`` per image."""
+
+    flat: Tensor
+    image_of: Tensor
+    counts: list[int]
+    dense: bool  # the target returned one [B, T] tensor
+
+
 class BaseCAM:
-    """Shared machinery of every CAM method.
+    """Shared machinery of every CAM method; subclass a kind base, not this.
 
     Args:
-        model: any ``nn.Module``; it is run in eval mode and given back as it came
-            (train/eval flags, requires_grad flags, no hooks, no ``.grad``).
-        layers: layer names (dotted, as in ``model.named_modules()``) or modules.
-            A layer may output a tensor, a tuple/list or a dict of tensors (FPN);
-            each tensor is one map source, as is each call of a layer run more than once.
-        reshape: turns a token output (ViT, Swin) into ``[B, C, h, w]``; applied to
-            activations and gradients alike.
-        fuse: how maps of several sources combine after upsampling: "mean" or "max".
-        chunk_size: targets per batched backward; bounds memory for many targets.
+        model: any ``nn.Module``; run in eval mode and given back as it came
+            (train/eval and requires_grad flags, no hooks, no ``.grad``).
+        layers: dotted names (as in ``model.named_modules()``) or modules; each tensor a
+            layer outputs (tuple, list, dict, every call) is one map source.
+        reshape: turns a token output (ViT, Swin) into ``[B, C, h, w]``.
+        fuse: how the sources' maps combine after upsampling: "mean" or "max".
+        chunk_size: targets per batched backward (bounds memory).
         batch_size: images per forward for perturbation methods.
-        noise_samples, noise_sigma: SmoothGrad-style averaging over ``noise_samples``
-            inputs: the clean image and ``noise_samples - 1`` noisy copies (Gaussian,
-            sigma relative to each image's value range); 0 or 1 disables it.
-        hflip: also explain the mirrored image and average; targets that are not
-            mirror-invariant must provide ``hflip(width)`` returning the mirrored target.
+        noise_samples, noise_sigma: SmoothGrad-style mean over the clean image and
+            ``noise_samples - 1`` noisy copies (sigma relative to each image's range); 0 or 1: off.
+        hflip: also explain the mirrored image and average; targets that are not mirror-invariant
+            provide ``hflip(width)``.
         seed: seed of the noise.
-        autocast: None (default, exact float32 path) or a reduced precision,
-            "bf16"/"fp16" or ``torch.bfloat16``/``torch.float16``: the model's
-            forwards run under ``torch.autocast`` on the input's device (CPU: bf16,
-            and fp16 where torch supports it), gradients flow in that precision,
-            and every map is computed in float32 from float32 copies of the
-            activations and gradients. Normalised maps stay within ~1e-2 (fp16)
-            / 2e-2 (bf16) max abs of the float32 ones at a backbone's last stage,
-            less close at earlier layers (see ``tests/test_fast_paths.py``). Not
-            advised for AblationCAM: its weights are differences of nearly equal
-            scores, which reduced precision rounds away. Prefer bf16: fp16 has no
-            loss scaling here, so the gradients of tiny scores (e.g. ~1e-4 of a
-            random-init detector) underflow and the maps are lost. The target then
-            also decodes reduced-precision outputs: a detector's boxes and NMS may
-            differ from the float32 ones (other detections, other maps).
+        autocast: None (exact float32) or "bf16"/"fp16" (or the torch dtype): forwards and
+            backward in reduced precision, maps from float32 copies (README: tolerances, caveats).
+
+    Why: capture, batching and fusion written once keep every method's maps comparable.
     """
 
-    needs_gradients: bool = True
-    per_target: bool = True
+    #: the kind needs a graph through the model (gradient methods)
+    needs_gradients: bool = False
+    #: one map per image, shared by its targets (the map does not depend on the target)
+    class_agnostic: bool = False
 
     def __init__(
         self,
@@ -211,11 +227,12 @@ class BaseCAM:
         self.hflip = hflip
         self.seed = seed
         self.autocast = _autocast_dtype(autocast)
-        self._warned_loop = False
 
     # ----------------------------------------------------------------- public
     def __call__(self, x: Tensor, targets: Callable | None = None) -> Tensor | list[Tensor]:
-        return self.explain(x, targets).maps
+        """Maps ``[B, T, H, W]`` when the target returned a ``[B, T]`` tensor, else one ``[T_b, H, W]`` per image."""
+        result = self.explain(x, targets)
+        return result.stacked() if result.dense else result.maps
 
     def explain(self, x: Tensor, targets: Callable | None = None) -> CAMResult:
         """Maps for every (image, target) of the batch ``x`` ``[B, C, H, W]``."""
@@ -223,43 +240,35 @@ class BaseCAM:
         with preserved_state(self.model), torch.inference_mode(False), torch.enable_grad():
             views = self._views(x)
             total: list[Tensor] | None = None
-            scores = None
             for view, flipped in views:
                 view_targets = _flip_target(targets, x.shape[-1]) if flipped else targets
-                maps, view_scores, ragged = self._explain_view(view, view_targets)
+                maps, view_scores = self._explain_view(view, view_targets)
                 if flipped:
                     maps = [m.flip(-1) for m in maps]
-                if scores is None:
-                    scores = view_scores
-                total = maps if total is None else [a + b for a, b in zip(total, maps)]
+                if total is None:  # the clean view's scores are the ones explained
+                    total, scores = maps, view_scores
+                else:
+                    total = [a + b for a, b in zip(total, maps)]
             if len(views) > 1:
                 total = [normalize_maps(m) for m in total]
-        names = [name for name, _ in self.layers]
-        if ragged:
-            return CAMResult(maps=total, scores=scores, layers=names)
-        return CAMResult(maps=torch.stack(total), scores=torch.stack(scores), layers=names)
+        return CAMResult(maps=total, scores=list(scores.flat.detach().float().split(scores.counts)),
+                         layers=[name for name, _ in self.layers], dense=scores.dense)
 
-    # ------------------------------------------------------- method interface
-    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        """``[N, C, h, w]`` activations and gradients of N targets -> ``[N, h, w]`` maps."""
-        raise NotImplementedError
-
-    def cam_from_activations(self, activations: Tensor) -> Tensor:
-        """Gradient-free methods: ``[B, C, h, w]`` -> ``[B, h, w]`` (one map per image)."""
-        raise NotImplementedError
-
-    def channel_weights(self, x: Tensor, image_index: int, source: "FeatureSource", target: Callable,
-                        base_scores: Tensor) -> Tensor:
-        """Perturbation methods: ``[T_b, C]`` channel weights for one image."""
-        raise NotImplementedError
-
-    # -------------------------------------------------------------- internals
-    def _autocast(self, x: Tensor):
-        """The model's forwards run in this context: autocast when asked for, else nothing."""
+    def forward_context(self, x: Tensor) -> contextlib.AbstractContextManager:
+        """The context the model's forwards run in: autocast when asked for, else nothing."""
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=x.device.type, dtype=self.autocast)
 
+    # ------------------------------------------------------------ kind interface
+    def low_res_maps(self, x: Tensor, sources: list[FeatureSource], targets: Callable,
+                     scores: TargetScores) -> list[Tensor]:
+        """Per source, ``[N, h_k, w_k]`` maps: one per target (``N = len(scores.flat)``), or one per image
+        when :attr:`class_agnostic`."""
+        raise NotImplementedError(f"{type(self).__name__} makes no maps: a method subclasses GradientCAM, "
+                                  "ActivationCAM or PerturbationCAM (dsxai), not BaseCAM itself")
+
+    # -------------------------------------------------------------- internals
     def _views(self, x: Tensor) -> list[tuple[Tensor, bool]]:
         # The clean image comes first: targets that decode detections on their first
         # call (adapters) must see the real image, not a noisy copy.
@@ -274,31 +283,28 @@ class BaseCAM:
             views += [(b.flip(-1), True) for b in bases]
         return views
 
-    def _explain_view(self, x: Tensor, targets: Callable | None):
+    def _explain_view(self, x: Tensor, targets: Callable | None) -> tuple[list[Tensor], TargetScores]:
         batch = x.shape[0]
         x_in = x.detach().clone().requires_grad_(self.needs_gradients)
         # gradient-free methods record no graph: the forward costs what a plain inference forward costs
         graph = contextlib.nullcontext() if self.needs_gradients else torch.no_grad()
-        with capture_outputs(self.layers) as captured, self._autocast(x), graph:
+        with capture_outputs(self.layers) as captured, self.forward_context(x), graph:
             output = self.model(x_in)
         sources = self._sources(captured)
         if targets is None:
             targets = self._default_target(output, batch)
-        flat_scores, image_of, counts, ragged = _flat_scores(targets, output, batch, self.needs_gradients)
+        scores = _flat_scores(targets, output, batch, self.needs_gradients)
         size = x.shape[-2:]
-        if flat_scores.numel() == 0:
-            empty = [x.new_zeros((0,) + tuple(size), dtype=torch.float32) for _ in counts]
-            return empty, [flat_scores.detach().float()[:0] for _ in counts], ragged
-        low_res = self._low_res_maps(x, sources, output, targets, flat_scores, image_of, counts)
+        if scores.flat.numel() == 0:
+            return [x.new_zeros((0,) + tuple(size), dtype=torch.float32) for _ in scores.counts], scores
+        low_res = self.low_res_maps(x, sources, targets, scores)
         warn_no_evidence(self.model, [s.name for s in sources], low_res)
         fused = fuse_sources(low_res, tuple(size), self.fuse)
-        if self._class_agnostic:  # one map per image, upsampled once, then copied for each of its targets
-            fused = fused[image_of]
-        maps = list(fused.split(counts))
-        scores = list(flat_scores.detach().float().split(counts))
-        return maps, scores, ragged
+        if self.class_agnostic:  # one map per image, upsampled once, then copied for each of its targets
+            fused = fused[scores.image_of]
+        return list(fused.split(scores.counts)), scores
 
-    def _sources(self, captured: dict[str, list[Any]]) -> list["FeatureSource"]:
+    def _sources(self, captured: dict[str, list[Any]]) -> list[FeatureSource]:
         sources = []
         for name, module in self.layers:
             outputs = captured[name]
@@ -307,7 +313,7 @@ class BaseCAM:
                     f"layer {name!r} was never reached in the forward pass; pick a layer the model runs "
                     "for this input"
                 )
-            for call, output in enumerate(outputs):
+            for output in outputs:
                 leaves = tensor_leaves(output)
                 if not leaves:
                     raise ValueError(f"layer {name!r} output holds no tensor ({type(output).__name__})")
@@ -324,7 +330,7 @@ class BaseCAM:
         return sources
 
     def _default_target(self, output: Any, batch: int) -> Callable:
-        if self._class_agnostic:
+        if self.class_agnostic:
             return lambda _: torch.zeros(batch, 1)  # one class-agnostic map per image
         logits = output[0] if isinstance(output, (tuple, list)) and output else output
         if isinstance(logits, Tensor) and logits.ndim == 2:
@@ -334,67 +340,19 @@ class BaseCAM:
             "pass targets= (a callable from the model output to scores [B, T]) for other models"
         )
 
-    def _low_res_maps(self, x, sources, output, targets, flat_scores, image_of, counts) -> list[Tensor]:
-        if isinstance(self, PerturbationMixin):
-            return self._perturbation_maps(x, sources, targets, flat_scores, counts)
-        if self._class_agnostic:
-            return [self.cam_from_activations(s.activations.detach().float()) for s in sources]
-        return self._gradient_maps(sources, flat_scores, image_of)
 
-    @property
-    def _class_agnostic(self) -> bool:
-        """Gradient-free, non-perturbation methods (EigenCAM): the map does not depend on the target."""
-        return not self.needs_gradients and not isinstance(self, PerturbationMixin)
+class ActivationCAM(BaseCAM):
+    """Gradient-free, class-agnostic methods (EigenCAM): one map per image from the activations alone."""
 
-    def _gradient_maps(self, sources: list["FeatureSource"], flat_scores: Tensor, image_of: Tensor) -> list[Tensor]:
-        leaves = list({id(s.leaf): s.leaf for s in sources}.values())
-        for source in sources:
-            if not source.leaf.requires_grad:
-                raise ValueError(
-                    f"layer {source.name!r} output carries no gradient (detached or computed under no_grad); "
-                    "pick another layer or use a gradient-free method such as EigenCAM"
-                )
-        maps: list[list[Tensor]] = [[] for _ in sources]
-        total = flat_scores.numel()
-        for start in range(0, total, self.chunk_size):
-            rows = torch.arange(start, min(start + self.chunk_size, total), device=flat_scores.device)
-            grads = self._grads(flat_scores, leaves, rows)
-            grad_of = {id(leaf): g for leaf, g in zip(leaves, grads)}
-            owners = image_of[rows]
-            for k, source in enumerate(sources):
-                g = grad_of[id(source.leaf)]
-                g = g[torch.arange(len(rows), device=g.device), owners]  # each target's own image
-                if self.reshape is not None:
-                    g = self.reshape(g)
-                maps[k].append(self.cam_from_gradients(source.activations.detach()[owners].float(),
-                                                       g.detach().float()))
-            del grads, grad_of
-        return [torch.cat(m) for m in maps]
+    class_agnostic = True
 
-    def _grads(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor) -> list[Tensor]:
-        """Gradients of the selected scores w.r.t. each leaf: ``[len(rows), *leaf.shape]``."""
-        picks = torch.zeros(len(rows), flat_scores.numel(), device=flat_scores.device, dtype=flat_scores.dtype)
-        picks[torch.arange(len(rows)), rows] = 1
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                grads = torch.autograd.grad(flat_scores, leaves, grad_outputs=picks, retain_graph=True,
-                                            allow_unused=True, is_grads_batched=True)
-            slow = [w for w in caught if "batching rule" in str(w.message)]
-            if slow and not self._warned_loop:
-                log.info("batched backward falls back to a loop inside vmap for some ops: %s", slow[0].message)
-                self._warned_loop = True
-        except (RuntimeError, NotImplementedError) as exc:
-            if not self._warned_loop:
-                log.warning("batched backward unavailable for this model (%s); computing gradients in a loop",
-                            str(exc).splitlines()[0])
-                self._warned_loop = True
-            per_row = [torch.autograd.grad(flat_scores[r], leaves, retain_graph=True, allow_unused=True)
-                       for r in rows.tolist()]
-            grads = [None if per_row[0][i] is None else torch.stack([p[i] for p in per_row])
-                     for i in range(len(leaves))]
-        return [torch.zeros((len(rows),) + leaf.shape, device=leaf.device, dtype=leaf.dtype) if g is None else g
-                for g, leaf in zip(grads, leaves)]
+    def cam_from_activations(self, activations: Tensor) -> Tensor:
+        """``[B, C, h, w]`` activations -> ``[B, h, w]`` maps, one per image."""
+        raise NotImplementedError
+
+    def low_res_maps(self, x: Tensor, sources: list[FeatureSource], targets: Callable,
+                     scores: TargetScores) -> list[Tensor]:
+        return [self.cam_from_activations(s.activations.detach().float()) for s in sources]
 
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -410,22 +368,13 @@ def _autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     return dtype
 
 
-@dataclass
-class FeatureSource:
-    name: str
-    module: nn.Module
-    leaf: Tensor          # the tensor as the layer returned it (what gradients are taken against)
-    activations: Tensor   # the same as [B, C, h, w]
-    plain: bool           # the layer ran once and returned this one tensor
-
-
 def _flip_target(targets, width: int):
     if targets is not None and hasattr(targets, "hflip"):
         return targets.hflip(width)
     return targets
 
 
-def _flat_scores(targets: Callable, output: Any, batch: int, needs_grad: bool):
+def _flat_scores(targets: Callable, output: Any, batch: int, needs_grad: bool) -> TargetScores:
     """Call the target and check its result; scores flattened with each one's image index."""
     try:
         scores = targets(output)
@@ -463,47 +412,4 @@ def _flat_scores(targets: Callable, output: Any, batch: int, needs_grad: bool):
         )
     image_of = torch.repeat_interleave(torch.arange(batch, device=flat.device),
                                        torch.tensor(counts, device=flat.device))
-    return flat, image_of, counts, ragged
-
-
-class PerturbationMixin:
-    """Methods that weight channels by masked or ablated forwards instead of gradients."""
-
-    needs_gradients = False
-
-    def _perturbation_maps(self, x, sources, targets, flat_scores, counts) -> list[Tensor]:
-        maps = []
-        base = list(flat_scores.detach().split(counts))
-        with torch.no_grad():
-            for source in sources:
-                per_image = []
-                for b in range(x.shape[0]):
-                    if counts[b] == 0:
-                        continue
-                    with self._autocast(x):
-                        weights = self.channel_weights(x, b, source, targets, base[b])  # [T_b, C]
-                    acts = source.activations[b].detach().float()
-                    per_image.append(torch.einsum("tc,chw->thw", weights.float(), acts))
-                h, w = source.activations.shape[-2:]
-                maps.append(torch.cat(per_image) if per_image else x.new_zeros(0, h, w))
-        return maps
-
-
-def scores_on_copies(target: Callable, output: Any, image_index: int, expected: int) -> Tensor:
-    """Scores ``[K, T_b]`` of one image's targets on a batch of K perturbed copies."""
-    if isinstance(target, Target):
-        scores = target.on_copies(output, image_index)
-    else:
-        scores = target(output)
-        if not isinstance(scores, Tensor):
-            raise ValueError(
-                "perturbation methods (ScoreCAM, AblationCAM) need a target that scores any batch row-wise; "
-                "a plain callable returning a ragged list cannot: subclass dsxai.targets.Target and "
-                "implement on_copies()"
-            )
-    if scores.ndim != 2 or scores.shape[1] != expected:
-        raise ValueError(
-            f"on perturbed copies the target returned shape {tuple(scores.shape)}; expected [K, {expected}]. "
-            "Subclass dsxai.targets.Target and implement on_copies() for image-specific targets"
-        )
-    return scores
+    return TargetScores(flat, image_of, counts, dense=not ragged)

@@ -1,4 +1,4 @@
-"""One call from a model and images to pictures and figures: :func:`explain` and :class:`Explanation`.
+"""The results of :func:`dsxai.explain`: :class:`Explanation` (detections and maps), its figures and files.
 
 >>> import dsxai
 >>> ex = dsxai.explain("yolov8n.pt", ["bus.jpg"])          # doctest: +SKIP
@@ -8,9 +8,7 @@
 """
 from __future__ import annotations
 
-import inspect
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,24 +20,16 @@ from torch import Tensor
 from ._version import __version__
 from .boxes import box_masks
 from .detections import Detections
-from .imaging import ImageLike, load_images, read_orientation
+from .imaging import ImageLike, load_images
 from .metrics import energy_pointing_game
-from .methods import BaseCAM, get_method
 from .render import render_detections, render_grid, render_masks, render_panels, write_png
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
-from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
-    check_positive_int
-from .pipeline import explain_maps
 
-__all__ = ["Explanation", "explain", "DEFAULT_METHOD", "map_figures", "resolve_classes", "check_stem", "write_index"]
+__all__ = ["Explanation", "map_figures", "check_stem", "write_index", "jsonable"]
 
-#: Default CAM method per adapter task. Plain GradCAM averages the gradient over the whole
-#: feature map, so on detectors (one small box among many anchors) its map peaks inside its own
-#: box only 27-41% of the time on real YOLO checkpoints, while LayerCAM and HiResCAM, which keep
-#: the gradient's location, reach 98%+. On a semantic segmenter with per-mask targets (the demo
-#: model, 8 scenes) the mean energy share inside the own box was GradCAM 0.52, EigenCAM 0.26,
-#: LayerCAM 0.97, HiResCAM 0.98. LayerCAM (positive gradients only) is the default everywhere.
-DEFAULT_METHOD: dict[str, str] = {"detect": "layercam", "instance": "layercam", "segment": "layercam"}
+# explain, DEFAULT_METHOD and resolve_classes live in dsxai.pipeline, which builds Explanations; they are
+# served from here too (lazily: an import at load time would be a cycle) so older imports keep working.
+_FROM_PIPELINE = ("explain", "DEFAULT_METHOD", "resolve_classes")
 
 _FORMAT = "dsxai.explanation/1"
 INDEX = "explanation.json"  # the folder's manifest: format, stems, settings and exactly the run's files
@@ -211,7 +201,7 @@ class Explanation:
             arrays["image"] = self.images[index]
         written.append(write_atomic(directory / f"{stem}_maps.npz", _npz_bytes(arrays)))
         record = {
-            "format": _FORMAT, "stem": stem, "maps_file": f"{stem}_maps.npz", "settings": _jsonable(self.settings),
+            "format": _FORMAT, "stem": stem, "maps_file": f"{stem}_maps.npz", "settings": jsonable(self.settings),
             "detections": dets.to_dict(), "has_masks": dets.masks is not None,
             "figures": self.figures(index),
             "pictures": ({"fused": f"{stem}.png", "detections": [f"{stem}_det{k}.png" for k in range(len(dets))]}
@@ -275,7 +265,7 @@ def write_index(directory: str | Path, stems: Sequence[str], settings: dict[str,
     stopped early: ``complete=False``; see :func:`dsxai.runs.write_manifest`)."""
     directory = Path(directory)
     names = [Path(f).name for f in files]
-    doc = {"format": _FORMAT, "stems": [check_stem(s) for s in stems], "settings": _jsonable(settings)}
+    doc = {"format": _FORMAT, "stems": [check_stem(s) for s in stems], "settings": jsonable(settings)}
     return write_manifest(directory, INDEX, doc, names, complete=complete)
 
 
@@ -326,11 +316,12 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: containers recursively, numpy and one-element tensor scalars as numbers, else str."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (np.generic,)):
@@ -340,154 +331,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# ----------------------------------------------------------------------------------------------- explain()
+def __getattr__(name: str) -> Any:
+    if name in _FROM_PIPELINE:
+        from . import pipeline
 
-
-def resolve_classes(classes: Any, class_names: dict[int, str]) -> list[int] | None:
-    """Class names and/or ids -> ids of the model (names case-insensitive; ``"3"`` counts as id 3)."""
-    if classes is None:
-        return None
-    if isinstance(classes, (str, int)):
-        classes = [classes]
-    by_name = {name.lower(): i for i, name in class_names.items()}
-    ids = []
-    for c in classes:
-        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
-            ids.append(int(c))
-        elif isinstance(c, str) and c.strip().lower() in by_name:
-            ids.append(by_name[c.strip().lower()])
-        elif isinstance(c, str) and c.strip().lstrip("-").isdigit():
-            ids.append(int(c))
-        else:
-            known = ", ".join(f"{i}={n}" for i, n in sorted(class_names.items())[:30]) or "none named"
-            raise ValueError(f"unknown class {c!r}; the model's classes are: {known}")
-    if class_names:
-        unknown = [i for i in ids if i not in class_names]
-        if unknown:
-            raise ValueError(f"class id(s) {unknown} not in the model's classes ({min(class_names)}..{max(class_names)})")
-    return ids
-
-
-def _check_options(conf: Any, max_dets: Any, batch_size: Any, max_pixels: Any,
-                   adapter_options: dict[str, Any] | None, options: dict[str, Any]) -> None:
-    """The numeric options of :func:`explain`, checked before the model is loaded (ValueError names the option)."""
-    if conf is not None:
-        check_conf(conf)
-    if max_dets is not None:
-        check_max_dets(max_dets)
-    check_positive_int("batch_size", batch_size)
-    if max_pixels is not None:
-        check_max_pixels(max_pixels)
-    if adapter_options and adapter_options.get("imgsz") is not None:
-        check_imgsz(adapter_options["imgsz"])
-    if options.get("min_area") is not None:
-        check_non_negative("min_area", options["min_area"])
-    if options.get("iou") is not None:
-        check_conf(options["iou"], "iou")
-
-
-def _as_list(images: Any) -> list[Any]:
-    """The images of an :func:`explain` call as a list, as :func:`~dsxai.imaging.load_images` sees them."""
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    if isinstance(images, Tensor) and images.ndim == 4:
-        return list(images)
-    return [images]
-
-
-def _method_option_names(method_cls: type[BaseCAM]) -> set[str]:
-    names: set[str] = set()
-    for klass in method_cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            names |= {p for p in inspect.signature(init).parameters if p not in ("self", "model", "layers")}
-    return names - {"args", "kwargs"}
-
-
-def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike], method: str | None = None,
-            layers: Sequence[str] | str | None = None, targets: str | None = None, conf: float | None = None,
-            classes: Sequence[int | str] | int | str | None = None, max_dets: int | None = None,
-            device: str | torch.device | None = None, batch_size: int = 4,
-            adapter_options: dict[str, Any] | None = None, max_pixels: int | None = None, trust: bool = False,
-            **options: Any) -> Explanation:
-    """Detections and one heatmap per detection (or mask) for each image.
-
-    Args:
-        model_or_adapter: an :class:`~dsxai.adapter.Adapter`, a registered name (``"shapes-yolo"``),
-            a model (Ultralytics ``YOLO``, torchvision detector, smp model) or a checkpoint path; see
-            ``dsxai.adapters.resolve``.
-        images: one image or a list (paths, H x W x 3 uint8 RGB arrays, PIL images, tensors).
-        method: CAM method name (``dsxai.METHODS``); None picks :data:`DEFAULT_METHOD` for the
-            model's task (LayerCAM: it localises per box where plain GradCAM does not).
-        layers: layer names (default: the adapter's ``default_layers``).
-        targets: ``"boxes"`` (one map per detection), ``"masks"`` (per predicted mask) or
-            ``"classes"`` (Ultralytics: per class as a whole); None: the adapter's default
-            (masks for semantic segmenters, boxes otherwise).
-        conf: score threshold (None: the adapter's default). Semantic segmenters have no scores
-            and ignore it.
-        classes: keep these classes only: names or ids of the model.
-        max_dets: at most this many detections (masks) per image.
-        device: run the model there (a given module is moved).
-        batch_size: images explained per forward/backward (memory stays bounded).
-        adapter_options: passed to ``dsxai.adapters.resolve`` when it builds the adapter
-            (e.g. ``{"imgsz": 1280}`` for YOLO, ``{"arch": "smp:Unet:resnet34"}``).
-        trust: load a checkpoint path with full pickle, which can run code from the file (warns);
-            by default only allow-listed classes are unpickled.
-        max_pixels: refuse images above this many pixels (default ``dsxai.imaging.MAX_PIXELS``).
-        **options: method options (``noise_samples``, ``hflip``, ``chunk_size``, ...) and target
-            options of the adapter (``iou``, ``min_area``, ``per``, ...), told apart by name.
-
-    Raises:
-        ValueError: a bad option (``conf`` outside [0, 1], ``max_dets < 1``, ``imgsz`` out of range, ...)
-        or image (truncated, above ``max_pixels``), before any model work.
-    """
-    from dsxai.adapters import resolve
-
-    _check_options(conf, max_dets, batch_size, max_pixels, adapter_options, options)
-    adapter = resolve(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
-    task = getattr(adapter, "task", "detect")
-    targets = targets or adapter.default_targets
-    method = method or DEFAULT_METHOD.get(task, "layercam")
-    method_cls = get_method(method)
-    if isinstance(layers, str):
-        layers = [layers]
-    used_layers = list(layers) if layers else list(adapter.default_layers)
-    from dsxai.layers import resolve_layers
-
-    resolve_layers(adapter.model, used_layers)  # unknown layer names fail here, before any work
-    method_names = _method_option_names(method_cls)
-    method_options = {k: v for k, v in options.items() if k in method_names}
-    target_options = {k: v for k, v in options.items() if k not in method_names}
-    class_ids = resolve_classes(classes, adapter.class_names)
-    if class_ids is not None:
-        target_options["classes"] = class_ids
-    if task == "segment":
-        if conf is not None:
-            warnings.warn("conf is ignored for semantic segmenters (their masks have no scores)", stacklevel=2)
-        if max_dets is not None:
-            target_options["max_masks"] = max_dets
-    else:
-        if conf is not None:
-            target_options["conf"] = conf
-        if max_dets is not None:
-            target_options["max_dets"] = max_dets
-    originals = load_images(images, max_pixels)
-    all_dets: list[Detections] = []
-    all_maps: list[Tensor] = []
-    for start in range(0, len(originals), batch_size):
-        chunk = originals[start:start + batch_size]
-        dets, maps = explain_maps(adapter, chunk, method=method, layers=used_layers, targets=targets,
-                                     method_options=method_options, **target_options)
-        if dets is None:
-            raise ValueError(f"targets {targets!r} of {type(adapter).__name__} give no detections to explain")
-        for d, m in zip(dets, maps):
-            all_dets.append(d.cpu())
-            all_maps.append(m.detach().float().cpu().reshape(len(d), *d.image_size))
-    settings = {
-        "method": str(method).lower(),
-        "layers": [str(x) for x in used_layers], "targets": targets, "conf": conf, "classes": class_ids,
-        "max_dets": max_dets, "device": str(adapter.device), "adapter": type(adapter).__name__,
-        "task": task, "options": _jsonable(options), "dsxai": __version__,
-        "exif_orientation": [read_orientation(i) for i in _as_list(images)],
-    }
-    return Explanation(detections=all_dets, maps=all_maps, images=originals, settings=settings)
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .engine import BaseCAM, FeatureSource, PerturbationMixin, scores_on_copies
+from .engine import ActivationCAM, BaseCAM, FeatureSource
+from .gradient import GradientCAM
+from .perturbation import PerturbationCAM, scores_on_copies
 
 __all__ = [
     "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM", "EigenGradCAM",
@@ -19,14 +21,14 @@ __all__ = [
 ]
 
 
-class GradCAM(BaseCAM):
+class GradCAM(GradientCAM):
     """Grad-CAM (Selvaraju et al. 2017): channels weighted by their spatially averaged gradient."""
 
     def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return torch.einsum("nc,nchw->nhw", gradients.mean((2, 3)), activations)
 
 
-class GradCAMPlusPlus(BaseCAM):
+class GradCAMPlusPlus(GradientCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018) with the usual exponential-score closed form."""
 
     def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
@@ -39,7 +41,7 @@ class GradCAMPlusPlus(BaseCAM):
         return torch.einsum("nc,nchw->nhw", weights, activations)
 
 
-class XGradCAM(BaseCAM):
+class XGradCAM(GradientCAM):
     """XGrad-CAM (Fu et al. 2020): gradients weighted by the normalised activations."""
 
     def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
@@ -48,14 +50,14 @@ class XGradCAM(BaseCAM):
         return torch.einsum("nc,nchw->nhw", weights, activations)
 
 
-class HiResCAM(BaseCAM):
+class HiResCAM(GradientCAM):
     """HiResCAM (Draelos & Carin 2020): element-wise gradient times activation, summed over channels."""
 
     def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return (gradients * activations).sum(1)
 
 
-class LayerCAM(BaseCAM):
+class LayerCAM(GradientCAM):
     """LayerCAM (Jiang et al. 2021): positive gradients times activations, summed over channels."""
 
     def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
@@ -68,31 +70,12 @@ PCA_SOLVERS = ("svd", "gram", "lowrank")
 def first_component(features: Tensor, reference: Tensor, solver: str = "gram") -> Tensor:
     """Projection of ``[N, C, h, w]`` features on their first principal component -> ``[N, h, w]``.
 
-    The sign of a singular vector is arbitrary (it flips between model sizes and
-    LAPACK builds). We fix it so that the projection correlates positively with
-    ``reference`` ``[N, h, w]`` (where the evidence is), falling back to making
-    the largest-magnitude entry positive when the correlation is exactly zero.
+    The sign points so that the projection correlates positively with ``reference`` ``[N, h, w]`` (else the
+    largest-magnitude entry is positive). ``solver``: ``"gram"`` (top eigenvector of the smaller Gram
+    matrix, float64 on CPU), ``"svd"`` (the reference factorisation of the centred ``[hw, C]`` matrix) or
+    ``"lowrank"`` (seeded randomised subspace iteration); README: how close they agree.
 
-    ``solver`` picks how the first right singular vector of the centred
-    ``[hw, C]`` matrix is found (all on the features' device):
-
-    * ``"gram"`` (default): top eigenvector of the smaller Gram matrix, ``[C, C]``
-      or ``[hw, hw]`` (``torch.linalg.eigh``), in float64 on CPU and float32
-      elsewhere. It skips the ``[hw, C]`` factorisation, which costs a few
-      milliseconds a layer on CPU. It is no cruder than the SVD: the top
-      singular vector's error through the Gram matrix,
-      ``eps * s1**2 / (s1**2 - s2**2)``, is at most the SVD's
-      ``eps * s1 / (s1 - s2)`` in the same precision, and float64 on CPU makes
-      it smaller still.
-    * ``"svd"`` (reference): ``torch.linalg.svd`` of the ``[hw, C]`` matrix.
-    * ``"lowrank"`` (fast path): randomised subspace iteration as in
-      ``torch.svd_lowrank`` (rank-6 sketch, 4 power iterations), seeded by its own
-      generator, so repeated calls agree and the global RNG is left alone.
-
-    ``"gram"`` and ``"lowrank"`` agree with ``"svd"`` within
-    ``tests/test_fast_paths.py``'s tolerances when the first component is well
-    separated; when the top two singular values nearly tie, the first component
-    itself is ill-defined.
+    Why: an SVD's sign is arbitrary and flips between model sizes and LAPACK builds; the reference map fixes it.
     """
     if solver not in PCA_SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(PCA_SOLVERS)}")
@@ -138,7 +121,7 @@ def _sign(projection: Tensor, reference: Tensor) -> Tensor:
     return torch.where(sign == 0, torch.ones_like(sign), sign)
 
 
-class EigenCAM(BaseCAM):
+class EigenCAM(ActivationCAM):
     """EigenCAM (Muhammad & Yeasin 2020): first principal component of the activations.
 
     Gradient-free and class-agnostic: one map per image, repeated for each target.
@@ -147,8 +130,6 @@ class EigenCAM(BaseCAM):
     Option ``solver`` ("gram" by default, "svd" the reference factorisation,
     "lowrank" a randomised fast path): see :func:`first_component`.
     """
-
-    needs_gradients = False
 
     def __init__(self, *args, solver: str = "gram", **kwargs):
         if solver not in PCA_SOLVERS:
@@ -160,7 +141,7 @@ class EigenCAM(BaseCAM):
         return first_component(activations, activations.mean(1), self.solver)
 
 
-class EigenGradCAM(BaseCAM):
+class EigenGradCAM(GradientCAM):
     """EigenGradCAM: first principal component of gradient times activation, per target.
 
     Sign fixed towards the HiResCAM map (gradient x activation summed over
@@ -172,7 +153,7 @@ class EigenGradCAM(BaseCAM):
         return first_component(product, product.sum(1))
 
 
-class ScoreCAM(PerturbationMixin, BaseCAM):
+class ScoreCAM(PerturbationCAM):
     """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled, masks the
     input; the softmax over channels of the targets' scores on those masked inputs weights
     the channels. ``batch_size`` masked images go through the model per forward, and all
@@ -195,7 +176,7 @@ class ScoreCAM(PerturbationMixin, BaseCAM):
         return torch.softmax(torch.cat(scores).T, dim=-1)
 
 
-class AblationCAM(PerturbationMixin, BaseCAM):
+class AblationCAM(PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is the relative drop of the
     target's score when that channel is set to zero, ``(s - s_ablated) / s``.
 

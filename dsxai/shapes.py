@@ -210,16 +210,31 @@ def make_scene(
     smin = min(float(object_size[0]), min(h, w) - 4.0)
     smax = max(smin, min(float(object_size[1]), min(h, w) - 4.0))
 
+    # the order of the draws below is the scene's identity: a seed must keep giving the same scene
     bg = _background(rng, h, w)
     _draw_distractors(bg, rng, int(rng.integers(n_distractors[0], n_distractors[1] + 1)))
+    objs = _place_objects(rng, h, w, (smin, smax), n_objects, overlap_prob)
+    for o in objs:
+        o["full"] = _shape_mask((h, w), o["cat"], o["cx"], o["cy"], o["r"], o["sub"])
+        o["area"] = int(o["full"].sum())
+        o["colour"] = _object_colour(rng, bg, o["full"])
+        o["shade"] = (rng.uniform(-30, 30), rng.uniform(-30, 30))  # per-object linear shading (x, y)
+    keep, visible = _visibility(objs, (h, w), min_visible)
+    for o, kept in zip(objs, keep):
+        if kept:
+            _paint(bg, o)
+    image = _add_noise(bg, rng, noise_std)
+    return _scene(image, [o for o, k in zip(objs, keep) if k], [v for v, k in zip(visible, keep) if k])
 
-    # 1. place objects (full masks), avoiding overlap most of the time
+
+def _place_objects(rng: np.random.Generator, h: int, w: int, diameters: tuple[float, float],
+                   n_objects: tuple[int, int], overlap_prob: float) -> list[dict[str, Any]]:
+    """Objects' category, centre, radius and shape generator, placed to avoid each other most of the time."""
     n_try = int(rng.integers(n_objects[0], n_objects[1] + 1))
     objs: list[dict[str, Any]] = []
-    for j in range(max(1, n_try)):
+    for _ in range(max(1, n_try)):
         cat = int(rng.integers(1, NUM_CATEGORIES + 1))
-        diameter = rng.uniform(smin, smax)
-        r = diameter / 2
+        r = rng.uniform(*diameters) / 2
         allow_overlap = (not objs) or rng.random() < overlap_prob
         placed = None
         for _ in range(1 if allow_overlap else 30):
@@ -230,22 +245,19 @@ def make_scene(
                 break
         # the shape's random parameters are drawn even if unplaced, so the stream does not depend on success
         sub = np.random.default_rng(rng.integers(2**63))
-        if placed is None:
-            continue
-        cx, cy, box = placed
-        objs.append(dict(cat=cat, cx=cx, cy=cy, r=r, cbox=box, sub=sub))
+        if placed is not None:
+            cx, cy, box = placed
+            objs.append(dict(cat=cat, cx=cx, cy=cy, r=r, cbox=box, sub=sub))
+    return objs
 
-    for o in objs:
-        o["full"] = _shape_mask((h, w), o["cat"], o["cx"], o["cy"], o["r"], o["sub"])
-        o["area"] = int(o["full"].sum())
-        o["colour"] = _object_colour(rng, bg, o["full"])
-        o["shade"] = (rng.uniform(-30, 30), rng.uniform(-30, 30))  # per-object linear shading (x, y)
 
-    # 2. visibility: later objects occlude earlier ones; drop mostly hidden ones until stable
+def _visibility(objs: list[dict[str, Any]], shape: tuple[int, int],
+                min_visible: float) -> tuple[list[bool], list[np.ndarray | None]]:
+    """Which objects stay and their visible masks: later objects occlude earlier ones; mostly hidden ones go."""
     keep = [o["area"] > 0 for o in objs]
     while True:
-        visible = [None] * len(objs)
-        cover = np.zeros((h, w), bool)
+        visible: list[np.ndarray | None] = [None] * len(objs)
+        cover = np.zeros(shape, bool)
         for i in range(len(objs) - 1, -1, -1):
             if keep[i]:
                 visible[i] = objs[i]["full"] & ~cover
@@ -253,37 +265,42 @@ def make_scene(
         bad = [i for i in range(len(objs))
                if keep[i] and visible[i].sum() < max(min_visible * objs[i]["area"], 12)]
         if not bad:
-            break
+            return keep, visible
         keep[bad[0]] = False  # dropping one only un-hides others, so re-check
 
-    # 3. paint kept objects in order
-    img = bg
-    for i, o in enumerate(objs):
-        if not keep[i]:
-            continue
-        x0, y0 = max(int(o["cbox"][0]) - 1, 0), max(int(o["cbox"][1]) - 1, 0)
-        x1, y1 = min(int(o["cbox"][2]) + 2, w), min(int(o["cbox"][3]) + 2, h)
-        m = o["full"][y0:y1, x0:x1]
-        gx, gy = o["shade"]
-        shade = (np.float32(gx) * (np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(o["cx"]))
-                 + np.float32(gy) * (np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(o["cy"])))
-        shade *= np.float32(1.0 / max(o["r"], 1.0))
-        fill = np.clip(o["colour"].astype(np.float32)[None, None, :] + shade[..., None], 0, 255)
-        crop = img[y0:y1, x0:x1]
-        crop[m] = fill[m]
 
+def _paint(img: np.ndarray, o: dict[str, Any]) -> None:
+    """Paint one object's full mask into the float image with its colour and linear shading."""
+    h, w = img.shape[:2]
+    x0, y0 = max(int(o["cbox"][0]) - 1, 0), max(int(o["cbox"][1]) - 1, 0)
+    x1, y1 = min(int(o["cbox"][2]) + 2, w), min(int(o["cbox"][3]) + 2, h)
+    m = o["full"][y0:y1, x0:x1]
+    gx, gy = o["shade"]
+    shade = (np.float32(gx) * (np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(o["cx"]))
+             + np.float32(gy) * (np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(o["cy"])))
+    shade *= np.float32(1.0 / max(o["r"], 1.0))
+    fill = np.clip(o["colour"].astype(np.float32)[None, None, :] + shade[..., None], 0, 255)
+    crop = img[y0:y1, x0:x1]
+    crop[m] = fill[m]
+
+
+def _add_noise(img: np.ndarray, rng: np.random.Generator, noise_std: tuple[float, float]) -> np.ndarray:
+    """The float image plus uniform pixel noise of a random std, rounded to uint8 (``img`` is changed)."""
     sigma = rng.uniform(*noise_std)
     if sigma > 0:  # uniform noise with that std (cheaper than Gaussian)
         noise = rng.random(size=img.shape, dtype=np.float32)
         img += (noise - np.float32(0.5)) * np.float32(sigma * np.sqrt(12.0))
     img += np.float32(0.5)
     np.clip(img, 0, 255, out=img)
-    image = img.astype(np.uint8)
+    return img.astype(np.uint8)
 
-    idx = [i for i in range(len(objs)) if keep[i]]
-    masks = np.stack([visible[i] for i in idx]) if idx else np.zeros((0, h, w), bool)
-    labels = np.array([objs[i]["cat"] for i in idx], np.int64)
-    boxes = np.stack([_box_of(m) for m in masks]).astype(np.float32) if idx else np.zeros((0, 4), np.float32)
+
+def _scene(image: np.ndarray, kept: list[dict[str, Any]], visible: list[np.ndarray]) -> Scene:
+    """The :class:`Scene` of the kept objects and their visible masks."""
+    h, w = image.shape[:2]
+    masks = np.stack(visible) if kept else np.zeros((0, h, w), bool)
+    labels = np.array([o["cat"] for o in kept], np.int64)
+    boxes = np.stack([_box_of(m) for m in masks]).astype(np.float32) if kept else np.zeros((0, 4), np.float32)
     semantic = np.zeros((h, w), np.uint8)
     for m, c in zip(masks, labels):
         semantic[m] = c

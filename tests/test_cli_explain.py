@@ -181,10 +181,6 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(pictures, tmp_path, cap
 
 
 def test_shipped_model_by_name(pictures, tmp_path, capsys):
-    from dsxai.zoo import WEIGHTS_DIR
-
-    if not (WEIGHTS_DIR / "shapes_yolov8.pt").is_file():
-        pytest.skip(f"shipped shapes YOLO weights not found in {WEIGHTS_DIR} (trained by dsxai.zoo.train_yolo)")
     scene = make_scenes(1, seed=2)[0]
     path = tmp_path / "shapes.png"
     cv2.imwrite(str(path), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
@@ -206,7 +202,7 @@ def test_unknown_zoo_name_and_missing_zoo_weights(tmp_path, monkeypatch):
 
 
 def test_a_run_that_fails_midway_keeps_the_earlier_results(pictures, tmp_path, capsys, monkeypatch):
-    import dsxai.explanation as module
+    import dsxai.pipeline as module
 
     out = tmp_path / "out"
     assert _run(capsys, *RANDOM_YOLO, pictures[0], pictures[1], *TINY, "--out", out)[0] == 0

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import dsxai
-from dsxai.engine import BaseCAM
+from dsxai.gradient import GradientCAM
 
 
 class TinyNet(nn.Module):
@@ -89,22 +89,22 @@ def test_loop_fallback_is_used_and_logged_once_when_vmap_fails(net, images, monk
     assert sum("loop" in r.message for r in caplog.records) == 1
 
 
-def test_one_forward_and_one_backward_for_all_targets(net, images, monkeypatch):
+def test_one_forward_and_one_backward_for_all_targets(net, images):
     forwards, backwards = [], []
-    real_grad = torch.autograd.grad
-
-    def counting_grad(*args, **kwargs):
-        backwards.append(kwargs.get("is_grads_batched", False))
-        return real_grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
-    handle = net.register_forward_hook(lambda *a: forwards.append(1))
+    # A hook on the last layer's gradient fires once per backward through the graph (a batched
+    # backward is one backward of all its rows), so it counts backwards, not calls of autograd.grad.
+    handle_fwd = net.register_forward_hook(lambda *a: forwards.append(1))
+    handle_bwd = net.head.register_full_backward_hook(lambda module, grad_in, grad_out: backwards.append(
+        tuple(grad_out[0].shape)))
     try:
         dsxai.GradCAM(net, ["deep"], chunk_size=64)(images, dsxai.ClassTarget([[0, 1, 2, 3]] * 3))
+        assert len(forwards) == 1
+        assert len(backwards) == 1  # all 12 targets in one batched backward
+        dsxai.GradCAM(net, ["deep"], chunk_size=5)(images, dsxai.ClassTarget([[0, 1, 2, 3]] * 3))
+        assert len(forwards) == 2 and len(backwards) == 1 + 3  # chunks of 5, 5 and 2 targets
     finally:
-        handle.remove()
-    assert len(forwards) == 1
-    assert backwards == [True]  # all 12 targets in one batched backward
+        handle_fwd.remove()
+        handle_bwd.remove()
 
 
 def test_tensor_target_gives_dense_output_and_ragged_gives_list(net, images):
@@ -172,8 +172,8 @@ def test_dict_and_tuple_layer_outputs_become_sources(images):
     torch.manual_seed(0)
     model = DictModel().eval()
     result = dsxai.GradCAM(model, ["backbone"]).explain(images, lambda out: out["scores"][:, None])
-    assert result.maps.shape == (3, 1, 32, 40)
-    assert result.maps.amax((-2, -1)).min() > 0.99
+    assert isinstance(result.maps, list) and [tuple(m.shape) for m in result.maps] == [(1, 32, 40)] * 3
+    assert result.dense and result.stacked().amax((-2, -1)).min() > 0.99
     # p3, p4 and the tuple's p3*2 are three sources; the fused map is their mean, each normalised first
     cam = RecordingGradCAM(model, ["backbone"])
     cam.low_res = []
@@ -182,7 +182,7 @@ def test_dict_and_tuple_layer_outputs_become_sources(images):
     up = [torch.nn.functional.interpolate(dsxai.normalize_maps(c.relu())[:, None], size=(32, 40),
                                           mode="bilinear")[:, 0] for c in cam.low_res]
     assert torch.allclose(fused[:, 0], dsxai.normalize_maps(sum(up) / 3), atol=1e-5)
-    assert torch.allclose(result.maps, fused)
+    assert torch.allclose(result.stacked(), fused)
 
 
 def test_reshape_handles_token_outputs():
@@ -339,9 +339,17 @@ def test_perturbation_methods_reject_ragged_plain_callables(net, images):
 
 def test_a_method_is_only_a_weighting(net, images):
     """A new method needs only cam_from_gradients; everything else comes from the base."""
-    class GradientOnly(BaseCAM):
+    class GradientOnly(GradientCAM):
         def cam_from_gradients(self, activations, gradients):
             return (gradients * activations).abs().sum(1)
 
     maps = GradientOnly(net, ["deep"])(images, dsxai.ClassTarget(2))
     assert maps.shape == (3, 1, 32, 40) and maps.max() == pytest.approx(1, abs=1e-5)
+
+    class NoKind(dsxai.BaseCAM):  # the shared base alone says nothing about how maps come about
+        def cam_from_gradients(self, activations, gradients):
+            return (gradients * activations).sum(1)
+
+    with pytest.raises(NotImplementedError, match="subclasses GradientCAM, ActivationCAM or PerturbationCAM"):
+        NoKind(net, ["deep"])(images, dsxai.ClassTarget(2))
+    assert all(h == {} for h in (m._forward_hooks for m in net.modules()))  # hooks gone after the error

@@ -194,12 +194,10 @@ def test_segmenter_max_dets_limits_masks():
 
 
 def test_shipped_yolo_maps_peak_inside_their_boxes():
-    from dsxai.zoo import TEST_SEED, WEIGHTS_DIR, load_adapter
+    from dsxai.zoo import TEST_SEED
 
-    if not (WEIGHTS_DIR / "shapes_yolov8.pt").is_file():
-        pytest.skip(f"shipped shapes YOLO weights not found in {WEIGHTS_DIR} (trained by dsxai.zoo.train_yolo)")
     scenes = make_scenes(4, seed=TEST_SEED)
-    ex = dsxai.explain(load_adapter("shapes-yolo"), [s.image for s in scenes])
+    ex = dsxai.explain("shapes-yolo", [s.image for s in scenes])  # the weights ship with the package
     figures = [f for i in range(len(ex)) for f in ex.figures(i)]
     assert len(figures) >= 6
     assert np.mean([f["peak_in_box"] for f in figures]) >= 0.8
@@ -266,3 +264,35 @@ def test_older_folders_without_a_file_list_still_load(tmp_path):
     assert len(Explanation.load(tmp_path)) == 2
     (tmp_path / "explanation.json").unlink()  # the CLI's folders before the index
     assert len(Explanation.load(tmp_path)) == 2
+
+
+def test_explain_maps_always_returns_detections(yolo, images):
+    """Class targets still name what each map explains; a target that keeps no detections is an error."""
+    from dsxai.pipeline import explain_maps
+
+    dets, maps = explain_maps(yolo, images, method="hirescam", targets="classes", conf=TINY, classes=[0, 5])
+    assert [len(d) for d in dets] == [2, 2] and [m.shape[0] for m in maps] == [2, 2]
+    assert dets[0].labels.tolist() == [0, 5]
+    real_target = yolo.target
+
+    def bare_target(batch, kind=None, **options):
+        target = real_target(batch, kind, **options)
+        return lambda output: target(output)  # scores, but no .detections
+
+    yolo.target = bare_target
+    try:
+        with pytest.raises(ValueError, match="keep no detections"):
+            explain_maps(yolo, images, method="hirescam", conf=TINY)
+    finally:
+        del yolo.target
+
+
+def test_method_and_layers_are_resolved_once_per_call(yolo, images, monkeypatch):
+    import dsxai.pipeline as pipeline
+
+    real, built = pipeline.get_method, []
+    monkeypatch.setattr(pipeline, "get_method", lambda name: built.append(name) or real(name))
+    ex = dsxai.explain(yolo, images, method="HiResCAM", batch_size=1, conf=TINY, max_dets=2)
+    assert built == ["HiResCAM"] and len(ex) == 2 and ex.settings["method"] == "hirescam"
+    by_class = dsxai.explain(yolo, images[:1], method=dsxai.LayerCAM, conf=TINY, max_dets=2)
+    assert by_class.settings["method"] == "layercam"

@@ -142,8 +142,16 @@ def test_single_pixel_and_degenerate_boxes():
     changed = (pic != img).any(-1)
     assert changed[10, 10] and changed[49, 69] and changed[30, 30]
     assert changed.sum() <= 3 * 4  # nothing beyond those pixels (and their 1-px outlines)
-    labelled = render_detections(img, _dets(boxes, size), maps)
-    assert labelled.shape == img.shape
+    labelled = render_detections(img, _dets(boxes, size), maps, alpha=1.0)
+    scale, thickness, _ = text_style(size)
+    rects = np.zeros(size, bool)
+    for box in boxes:
+        left, top, right, bottom, _ = label_rect("disc 0.90", [int(v) for v in box], size, scale, thickness)
+        rects[top:bottom, left:right] = True
+    added = (labelled != pic).any(-1)
+    assert added.any() and not added[~rects].any()  # the labels change the picture, and only where they sit
+    background = (labelled[rects] == np.array(class_color(0), np.uint8)).all(-1)
+    assert background.mean() > 0.5  # a label is mostly its class-coloured background, the rest is text
 
 
 def test_masks_render_heat_inside_masks_and_contours():

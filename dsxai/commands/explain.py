@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 from pathlib import Path
+from typing import Any
 
 from . import CommandError, add_trust_flag, resolve_model
-
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -88,85 +87,83 @@ def check_options(args: argparse.Namespace) -> None:
         check_max_pixels(args.max_pixels)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..explanation import DERIVED_SUFFIXES, explain, write_index
-    from ..imaging import load_image, read_orientation
+def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
+    """The adapter, the image paths and the options of :func:`dsxai.explain`, everything checked before the
+    first file is written (method, colormap, options, images, output folder, layers, classes)."""
+    from ..imaging import load_image
     from ..layers import resolve_layers
     from ..methods import get_method
+    from ..pipeline import resolve_classes
     from ..render import colormap_table
-    from ..runs import check_output_folder, unique_stems
+    from ..runs import check_output_folder
 
-    # everything is checked before the first file is written
-    get_method(args.method or "layercam")
+    method = get_method(args.method) if args.method else None  # the name is parsed here, once
     colormap_table(args.colormap)
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
     check_options(args)
     paths = find_images(args.images)
-    out = Path(args.out)
-    check_output_folder(out, paths, scanned=scanned_folders(args.images))
+    check_output_folder(Path(args.out), paths, scanned=scanned_folders(args.images))
     adapter = resolve_model(args, {} if args.imgsz is None else {"imgsz": args.imgsz})
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     if layers is not None:
         resolve_layers(adapter.model, layers)
     classes = None
     if args.classes:
-        from ..explanation import resolve_classes
-
         classes = resolve_classes([c.strip() for c in args.classes.split(",") if c.strip()], adapter.class_names)
     for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
         load_image(path, args.max_pixels)
+    options = dict(method=method, layers=layers, targets=args.targets, conf=args.conf, classes=classes,
+                   max_dets=args.max_dets, max_pixels=args.max_pixels)
+    return adapter, paths, options
 
+
+def run(args: argparse.Namespace) -> int:
+    from ..explanation import DERIVED_SUFFIXES, write_index
+    from ..imaging import load_image, read_orientation
+    from ..pipeline import explain
+    from ..runs import Progress, unique_stems
+
+    adapter, paths, options = prepare(args)
+    out = Path(args.out)
     stems = unique_stems(paths, derived=DERIVED_SUFFIXES)
-    progress = _progress(len(paths))
     total, method = 0, args.method
     written: list[Path] = []
     done: list[str] = []
     settings: dict = {}
     try:
-        for path, stem in zip(paths, stems):
-            image = load_image(path, args.max_pixels)
-            ex = explain(adapter, [image], method=args.method, layers=layers, targets=args.targets, conf=args.conf,
-                         classes=classes, max_dets=args.max_dets, max_pixels=args.max_pixels)
-            ex.settings["image"] = str(path)
-            ex.settings["exif_orientation"] = [read_orientation(path)]
-            method = ex.settings["method"]
-            written += ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
-            done.append(stem)
-            settings = {k: v for k, v in ex.settings.items() if k != "image"}
-            n = len(ex.detections[0])
-            total += n
-            if n == 0:
-                _say(progress, f"{path}: no detections (wrote {out / (stem + '.png')} saying so)")
-            elif len(paths) == 1:
-                names = ", ".join(f"{f['name']} {f['score']:.2f}" for f in ex.figures(0))
-                _say(progress, f"{path}: {n} detection(s): {names}")
-            del ex, image
-            if progress is not None:
+        with Progress(len(paths)) as progress:
+            for path, stem in zip(paths, stems):
+                ex = explain(adapter, [load_image(path, args.max_pixels)], **options)
+                ex.settings["image"] = str(path)
+                ex.settings["exif_orientation"] = [read_orientation(path)]
+                method = ex.settings["method"]
+                written += ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
+                done.append(stem)
+                settings = {k: v for k, v in ex.settings.items() if k != "image"}
+                total += len(ex.detections[0])
+                _report(progress, path, ex, out / f"{stem}.png", single=len(paths) == 1)
+                del ex  # one image's maps in memory at a time
                 progress.update(1)
     finally:
-        if progress is not None:
-            progress.close()
         if done:  # the index lists exactly this run's files, also when it stopped early
             settings["images"] = {stem: str(path) for stem, path in zip(done, paths)}
             write_index(out, done, settings, written, complete=len(done) == len(paths))
-    print(f"explained {total} detection(s) in {len(paths)} image(s) with "
-          f"{method}; wrote {out}")
+    print(f"explained {total} detection(s) in {len(paths)} image(s) with {method}; wrote {out}")
     return 0
 
 
-def _progress(total: int):
-    if total <= 1:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is in the cli extra
-        return None
-    return tqdm(total=total, unit="image", file=sys.stderr)
-
-
-def _say(progress, text: str) -> None:
-    if progress is not None:
-        progress.write(text, file=sys.stderr)
+def _report(progress: Any, path: Path, ex: Any, picture: Path, single: bool) -> None:
+    """One image's line: on stdout for a single image (it is the result), above the progress bar otherwise."""
+    n = len(ex.detections[0])
+    if n == 0:
+        text = f"{path}: no detections (wrote {picture} saying so)"
+    elif single:
+        names = ", ".join(f"{f['name']} {f['score']:.2f}" for f in ex.figures(0))
+        text = f"{path}: {n} detection(s): {names}"
     else:
+        return
+    if single:
         print(text)
+    else:
+        progress.say(text)

@@ -1,0 +1,83 @@
+"""Gradient methods: channel weights from the gradients of each target's score, all targets in one backward."""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .engine import BaseCAM, FeatureSource, TargetScores
+
+__all__ = ["GradientCAM"]
+
+log = logging.getLogger("dsxai")
+
+
+class GradientCAM(BaseCAM):
+    """Base of the gradient methods: a method only says how activations and gradients make a map.
+
+    Why: one batched backward (``is_grads_batched``) over chunks of targets is what makes per-box maps cheap.
+    """
+
+    needs_gradients = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._warned_loop = False
+
+    def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """``[N, C, h, w]`` activations and gradients of N targets -> ``[N, h, w]`` maps."""
+        raise NotImplementedError
+
+    def low_res_maps(self, x: Tensor, sources: list[FeatureSource], targets: Callable,
+                     scores: TargetScores) -> list[Tensor]:
+        leaves = list({id(s.leaf): s.leaf for s in sources}.values())
+        for source in sources:
+            if not source.leaf.requires_grad:
+                raise ValueError(
+                    f"layer {source.name!r} output carries no gradient (detached or computed under no_grad); "
+                    "pick another layer or use a gradient-free method such as EigenCAM"
+                )
+        maps: list[list[Tensor]] = [[] for _ in sources]
+        flat, total = scores.flat, scores.flat.numel()
+        for start in range(0, total, self.chunk_size):
+            rows = torch.arange(start, min(start + self.chunk_size, total), device=flat.device)
+            grads = self._grads(flat, leaves, rows)
+            grad_of = {id(leaf): g for leaf, g in zip(leaves, grads)}
+            owners = scores.image_of[rows]
+            for k, source in enumerate(sources):
+                g = grad_of[id(source.leaf)]
+                g = g[torch.arange(len(rows), device=g.device), owners]  # each target's own image
+                if self.reshape is not None:
+                    g = self.reshape(g)
+                maps[k].append(self.cam_from_gradients(source.activations.detach()[owners].float(),
+                                                       g.detach().float()))
+            del grads, grad_of
+        return [torch.cat(m) for m in maps]
+
+    def _grads(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor) -> list[Tensor]:
+        """Gradients of the selected scores w.r.t. each leaf: ``[len(rows), *leaf.shape]``."""
+        picks = torch.zeros(len(rows), flat_scores.numel(), device=flat_scores.device, dtype=flat_scores.dtype)
+        picks[torch.arange(len(rows)), rows] = 1
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                grads = torch.autograd.grad(flat_scores, leaves, grad_outputs=picks, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+            slow = [w for w in caught if "batching rule" in str(w.message)]
+            if slow and not self._warned_loop:
+                log.info("batched backward falls back to a loop inside vmap for some ops: %s", slow[0].message)
+                self._warned_loop = True
+        except (RuntimeError, NotImplementedError) as exc:
+            if not self._warned_loop:
+                log.warning("batched backward unavailable for this model (%s); computing gradients in a loop",
+                            str(exc).splitlines()[0])
+                self._warned_loop = True
+            per_row = [torch.autograd.grad(flat_scores[r], leaves, retain_graph=True, allow_unused=True)
+                       for r in rows.tolist()]
+            grads = [None if per_row[0][i] is None else torch.stack([p[i] for p in per_row])
+                     for i in range(len(leaves))]
+        return [torch.zeros((len(rows),) + leaf.shape, device=leaf.device, dtype=leaf.dtype) if g is None else g
+                for g, leaf in zip(grads, leaves)]
