@@ -39,7 +39,7 @@ def script_parser(doc: str | None, defaults: dict[str, Any]) -> argparse.Argumen
     """The options every training script takes: ``--out --steps --batch --lr --seed --threads --eval``
     (defaults from ``defaults``), with the module doc as its description."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=WEIGHTS_OUT)
+    p.add_argument("--out", type=Path, default=WEIGHTS_OUT, help="folder the checkpoint is written to")
     p.add_argument("--steps", type=int, default=defaults["steps"])
     p.add_argument("--batch", type=int, default=defaults["batch"])
     p.add_argument("--lr", type=float, default=defaults["lr"])

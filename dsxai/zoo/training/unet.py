@@ -329,35 +329,36 @@ def evaluate(model, scenes, batch: int = 8) -> dict:
     return miou_from_confusion(conf)
 
 
+#: the U-Net's own options with a plain default: flag -> (DEFAULTS key, type, help)
+OPTIONS = {
+    "--warmup": ("warmup", int, "linear warm-up steps"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay of the weights (not of biases and norms)"),
+    "--finetune-steps": ("finetune_steps", int, "steps of the warm restart after the main schedule (0: none)"),
+    "--finetune-lr": ("finetune_lr", float, "peak learning rate of the warm restart"),
+    "--image-size": ("image_size", int, "training scene size"),
+    "--overlap": ("overlap_prob", float, "chance that a training object may overlap others (the test world uses "
+                                         "0.25)"),
+    "--dense-steps": ("dense_steps", int, "use --objects/--overlap for this many steps, then the test world's "
+                                          "density (default: all)"),
+    "--decay-steps": ("decay_steps", int, "warm-up / stable / decay schedule: constant --lr after the warm-up, "
+                                          "cosine decay over the last N steps (0: cosine schedule plus a warm "
+                                          "restart of --finetune-steps)"),
+    "--consistency": ("consistency_weight", float, "weight of the same-object neighbour consistency loss (0: off)"),
+    "--half-res-steps": ("half_res_steps", int, "train the first N steps on the scenes downscaled 2x (0: none)"),
+    "--deep-supervision": ("deep_supervision", float, "weight of the per-cell class heads on the stride-16 and "
+                                                      "stride-32 encoder stages (0: off)"),
+    "--procs": ("procs", int, "data-parallel training processes (each takes --batch / --procs scenes of a step)"),
+}
+
+
 def _parser():
     """The command line's options (defaults: the shipped recipe)."""
     p = script_parser(__doc__, DEFAULTS)
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="linear warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
-                   help="AdamW weight decay of the weights (not of biases and norms)")
-    p.add_argument("--finetune-steps", type=int, default=DEFAULTS["finetune_steps"],
-                   help="steps of the warm restart after the main schedule (0: none)")
-    p.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_lr"])
-    p.add_argument("--crop", type=int, default=DEFAULTS["crop"] or 0,
-                   help="training patch size (0 = whole scenes)")
-    p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"], help="training scene size")
+    for flag, (key, kind, text) in OPTIONS.items():
+        p.add_argument(flag, type=kind, default=DEFAULTS[key], help=text)
+    p.add_argument("--crop", type=int, default=DEFAULTS["crop"] or 0, help="training patch size (0 = whole scenes)")
     p.add_argument("--objects", type=int, nargs=2, default=DEFAULTS["n_objects"], metavar=("MIN", "MAX"),
                    help="objects attempted per training scene (the test world uses 1 5)")
-    p.add_argument("--overlap", type=float, default=DEFAULTS["overlap_prob"],
-                   help="chance that a training object may overlap others (the test world uses 0.25)")
-    p.add_argument("--dense-steps", type=int, default=DEFAULTS["dense_steps"],
-                   help="use --objects/--overlap for this many steps, then the test world's density (default: all)")
-    p.add_argument("--decay-steps", type=int, default=DEFAULTS["decay_steps"],
-                   help="warm-up / stable / decay schedule: constant --lr after the warm-up, cosine decay over the "
-                        "last N steps (0: cosine schedule plus a warm restart of --finetune-steps)")
-    p.add_argument("--consistency", type=float, default=DEFAULTS["consistency_weight"],
-                   help="weight of the same-object neighbour consistency loss (0: off)")
-    p.add_argument("--half-res-steps", type=int, default=DEFAULTS["half_res_steps"],
-                   help="train the first N steps on the scenes downscaled 2x (0: none)")
-    p.add_argument("--deep-supervision", type=float, default=DEFAULTS["deep_supervision"],
-                   help="weight of the per-cell class heads on the stride-16 and stride-32 encoder stages (0: off)")
-    p.add_argument("--procs", type=int, default=DEFAULTS["procs"],
-                   help="data-parallel training processes (each takes --batch / --procs scenes of a step)")
     return p
 
 
