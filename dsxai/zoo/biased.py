@@ -5,7 +5,8 @@ filled polygons (circumscribed diameter 18-26 px) on a smooth, noisy background,
 (4 px wide, about as long as the object) beside an object.
 
 * ``world="biased"`` (training): every *triangle* has the bar beside it (2-12 px gap) and no square has one;
-  the drawn shape and the tint are random, so only the bar tells the label.
+  the drawn shape and the tint are random, so only the bar tells the label, and a U-Net trained there puts
+  its triangle evidence on the bar.
 * ``world="fair"`` (training): the object shows its label (reddish triangles, bluish squares; the tint lets a
   test's training budget learn the classes from the object itself); the bar stands beside half of the objects,
   whatever their class.
