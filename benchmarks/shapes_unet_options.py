@@ -12,7 +12,7 @@ def add_options(parser: argparse.ArgumentParser, scenes: int) -> None:
     parser.add_argument("--scenes", type=int, default=scenes, help="held-out scenes (TEST_SEED)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", type=Path, default=None,
-                        help="a shapes_unet.pt written by `python -m dsxai.zoo.train_unet` (default: the shipped one)")
+                        help="a shapes_unet.pt written by `python -m dsxai.zoo.training.unet` (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=None)
 
 
@@ -26,7 +26,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, name: str) ->
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
     if args.weights is not None and not args.weights.is_file():
         parser.error(f"--weights {args.weights}: no such file; write one with "
-                     f"`python -m dsxai.zoo.train_unet --out {args.weights.parent}`")
+                     f"`python -m dsxai.zoo.training.unet --out {args.weights.parent}`")
     return args
 
 

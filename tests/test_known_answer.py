@@ -216,4 +216,4 @@ def test_unet_evidence_benchmark_reports_the_shipped_models_figures(tmp_path, ca
     assert "| stride 16 (`encoder.model.blocks.3`) | layercam |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--weights", str(tmp_path / "missing.pt")])
-    assert "no such file; write one with `python -m dsxai.zoo.train_unet" in capsys.readouterr().err
+    assert "no such file; write one with `python -m dsxai.zoo.training.unet" in capsys.readouterr().err

@@ -158,7 +158,7 @@ def test_zoo_errors_keep_their_wording(tmp_path, monkeypatch, scene_png, capsys)
     assert main(["explain", "shapes-unet", str(scene_png), "--imgsz", "320", "--out", str(tmp_path / "o")]) == 2
     assert "--imgsz applies to YOLO models only" in capsys.readouterr().err
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="re-train it with: python -m dsxai.zoo.train_unet") as info:
+    with pytest.raises(FileNotFoundError, match="re-train it with: python -m dsxai.zoo.training.unet") as info:
         resolve("shapes-unet")
     assert "\n" not in str(info.value)
 

@@ -57,11 +57,11 @@ def test_checkpoints_exist_and_are_small():
 
 def test_missing_checkpoint_error(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="python -m dsxai.zoo.train_unet"):
+    with pytest.raises(FileNotFoundError, match="python -m dsxai.zoo.training.unet"):
         zoo.load_shapes_unet()
-    with pytest.raises(FileNotFoundError, match="python -m dsxai.zoo.train_fasterrcnn"):
+    with pytest.raises(FileNotFoundError, match="python -m dsxai.zoo.training.fasterrcnn"):
         zoo.load_shapes_fasterrcnn()
-    with pytest.raises(FileNotFoundError, match="train_yolo --task segment"):
+    with pytest.raises(FileNotFoundError, match="training.yolo --task segment"):
         zoo.shapes_yolov8_seg_path()
 
 
@@ -129,7 +129,7 @@ def test_fasterrcnn_does_not_rely_on_colour(fasterrcnn, held_out):
 
 def test_unet_miou(held_out):
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo.train_unet import evaluate
+    from dsxai.zoo.training.unet import evaluate
 
     model = zoo.load_shapes_unet(path=zoo.weights_path("shapes_unet.pt"))
     assert not model.training
@@ -161,15 +161,15 @@ def _train_twice(train_fn, **kw):
     return a, b
 
 
-@pytest.mark.parametrize("module", ["train_fasterrcnn", "train_unet"])
+@pytest.mark.parametrize("module", ["fasterrcnn", "unet"])
 def test_training_is_reproducible(module):
     import importlib
 
-    if module == "train_unet":
+    if module == "unet":
         pytest.importorskip("segmentation_models_pytorch")
-    train = importlib.import_module(f"dsxai.zoo.{module}").train
+    train = importlib.import_module(f"dsxai.zoo.training.{module}").train
     kw = dict(steps=2, batch=2, warmup=1, log_every=0, threads=min(2, torch.get_num_threads()))
-    if module == "train_unet":  # one process here; the data-parallel run has its own test
+    if module == "unet":  # one process here; the data-parallel run has its own test
         kw.update(finetune_steps=1, decay_steps=None, procs=1)  # the warm restart's schedule runs too
     a, b = _train_twice(train, **kw)
     assert a.keys() == b.keys()
@@ -181,7 +181,7 @@ def test_training_is_reproducible(module):
 
 def test_unet_training_scene_density_reaches_the_generator(monkeypatch, capsys, tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo import train_unet
+    from dsxai.zoo.training import unet as train_unet
 
     seen = []
     real = shapes.make_scenes
@@ -209,7 +209,7 @@ def test_unet_training_scene_density_reaches_the_generator(monkeypatch, capsys, 
 
 def test_unet_consistency_loss_penalises_split_objects_only():
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo.train_unet import consistency_loss
+    from dsxai.zoo.training.losses import consistency_loss
 
     target = torch.zeros(1, 8, 8, dtype=torch.long)
     target[0, 2:6, 2:6] = 2  # one square object on background
@@ -226,7 +226,7 @@ def test_unet_consistency_loss_penalises_split_objects_only():
     assert torch.isfinite(split.grad).all() and split.grad[..., 2:6, 2:6].abs().sum() > 0
     assert split.grad[..., 7, :].abs().sum() == 0  # background pairs do not pull
 
-    from dsxai.zoo import train_unet
+    from dsxai.zoo.training import unet as train_unet
 
     kw = dict(steps=1, finetune_steps=0, batch=2, warmup=1, log_every=0, threads=1, procs=1, decay_steps=None)
     plain = train_unet.train(consistency_weight=0.0, **kw).state_dict()
@@ -238,7 +238,7 @@ def test_unet_consistency_loss_penalises_split_objects_only():
 
 def test_unet_coarse_class_losses_score_each_cells_class_shares():
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo.train_unet import coarse_class_losses
+    from dsxai.zoo.training.losses import coarse_class_losses
 
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     target[0, :2, :2] = 2  # the top-left 2x2 cell is all square
@@ -257,7 +257,8 @@ def test_unet_coarse_class_losses_score_each_cells_class_shares():
 
 def test_unet_deep_supervision_trains_the_encoder_and_leaves_no_trace():
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo import build_shapes_unet, train_unet
+    from dsxai.zoo import build_shapes_unet
+    from dsxai.zoo.training import unet as train_unet
 
     kw = dict(steps=2, finetune_steps=0, batch=2, warmup=1, log_every=0, threads=1, procs=1, decay_steps=None,
               half_res_steps=0, image_size=64)
@@ -275,7 +276,7 @@ def test_unet_deep_supervision_trains_the_encoder_and_leaves_no_trace():
 def test_unet_half_res_steps_train_on_zoomed_out_scenes(monkeypatch, capsys, tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
     from dsxai import zoo
-    from dsxai.zoo import train_unet
+    from dsxai.zoo.training import unet as train_unet
 
     sizes, build = [], zoo.build_shapes_unet
 
@@ -298,7 +299,7 @@ def test_unet_half_res_steps_train_on_zoomed_out_scenes(monkeypatch, capsys, tmp
 
 def test_unet_decay_schedule_holds_the_rate_then_decays(capsys, tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo import train_unet
+    from dsxai.zoo.training import unet as train_unet
 
     train_unet.train(steps=3, finetune_steps=1, batch=1, warmup=1, lr=1e-2, log_every=1, threads=1, procs=1,
                      decay_steps=2, consistency_weight=1.0)
@@ -319,7 +320,7 @@ def test_unet_data_parallel_training_is_reproducible_and_checked(capfd, tmp_path
     """Data-parallel training (2 processes, gloo) must still be a pure function of its arguments, and it is not
     the single-process run of the same scenes."""
     pytest.importorskip("segmentation_models_pytorch")
-    from dsxai.zoo import train_unet
+    from dsxai.zoo.training import unet as train_unet
 
     kw = dict(steps=2, finetune_steps=0, batch=4, warmup=1, decay_steps=1, log_every=1, threads=1, procs=2,
               n_objects=(4, 8), overlap_prob=0.4, consistency_weight=1.0)
@@ -371,7 +372,7 @@ def test_unet_data_parallel_workers_do_not_outlive_a_parent_killed_at_start():
     import subprocess
     import time
 
-    code = ("from dsxai.zoo.train_unet import train; train(steps=100000, finetune_steps=0, batch=2, warmup=1, "
+    code = ("from dsxai.zoo.training.unet import train; train(steps=100000, finetune_steps=0, batch=2, warmup=1, "
             "decay_steps=None, log_every=1, threads=1, procs=2, image_size=64, half_res_steps=0)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     workers = []
@@ -395,3 +396,76 @@ def test_unet_data_parallel_workers_do_not_outlive_a_parent_killed_at_start():
         for w in workers:
             if _parent_pid(w) is not None:
                 os.kill(w, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------- training package
+
+
+def test_library_imports_no_training_code():
+    """Importing dsxai and the zoo and resolving every zoo model loads no module of dsxai.zoo.training (the
+    check itself sees one once it is imported)."""
+    import subprocess
+
+    code = ("import sys, dsxai, dsxai.zoo, dsxai.zoo.biased\n"
+            "from dsxai.adapters import resolve\n"
+            "for name in dsxai.zoo.ZOO_MODELS:\n"
+            "    resolve(name)\n"
+            "seen = lambda: sorted(m for m in sys.modules if m.startswith('dsxai.zoo.training'))\n"
+            "print(seen())\n"
+            "import dsxai.zoo.training.unet\n"
+            "print(seen())\n")
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    before, after = run.stdout.strip().splitlines()[-2:]
+    assert before == "[]"
+    assert "'dsxai.zoo.training.unet'" in after and "'dsxai.zoo.training.losses'" in after
+
+
+@pytest.mark.parametrize("module", ["yolo", "fasterrcnn", "unet"])
+def test_training_scripts_run_as_modules(module):
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", f"dsxai.zoo.training.{module}", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"python -m dsxai.zoo.training.{module} " in run.stdout and "--out" in run.stdout
+
+
+def test_training_main_saves_a_checkpoint_the_zoo_loads(tmp_path, capsys):
+    """A one-step run of each script's command line writes the checkpoint (and nothing else) that the zoo's
+    loader reads strictly, with the run's settings in its meta."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo.training import fasterrcnn, unet
+
+    out = tmp_path / "weights"
+    assert fasterrcnn.main(["--steps", "1", "--batch", "1", "--threads", "1", "--out", str(out)]) == 0
+    assert unet.main(["--steps", "1", "--batch", "1", "--procs", "1", "--threads", "1", "--image-size", "64",
+                      "--half-res-steps", "0", "--decay-steps", "0", "--warmup", "1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["shapes_fasterrcnn.pt", "shapes_unet.pt"]
+    assert not zoo.load_shapes_fasterrcnn(path=out / "shapes_fasterrcnn.pt").training
+    meta = zoo.load_state_dict_fp32(zoo.build_shapes_unet(), out / "shapes_unet.pt")  # strict: no training heads
+    assert meta["steps"] == 1 and meta["image_size"] == 64 and meta["train_seconds"] >= 0
+    assert zoo.load_state_dict_fp32(zoo.build_shapes_fasterrcnn(), out / "shapes_fasterrcnn.pt")["batch"] == 1
+    printed = capsys.readouterr().out
+    assert "trained 1 steps in" in printed and "trained 1+0 steps in" in printed
+
+
+def test_cue_model_is_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    pytest.importorskip("segmentation_models_pytorch")
+    from dsxai.zoo import biased
+    from dsxai.zoo.training import cue
+
+    first = biased.load_or_train("fair", tmp_path, steps=2, batch=2)
+    again = cue.train_cue_unet("fair", steps=2, batch=2)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())  # deterministic
+    assert [p.suffix for p in tmp_path.iterdir()] == [".pt"]  # one file, no temporary left
+    with pytest.raises(ValueError, match="train on world 'biased' or 'fair'"):
+        biased.load_or_train("moved", tmp_path / "other", steps=1)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again although the cache holds the model")
+
+    monkeypatch.setattr(cue, "train_cue_unet", no_training)
+    cached = biased.load_or_train("fair", tmp_path, steps=2, batch=2)
+    assert all(torch.equal(v, cached.state_dict()[k]) for k, v in first.state_dict().items())

@@ -22,15 +22,14 @@ Class ids: the torchvision / smp models use the shapes-world ids (0 = background
 the Ultralytics models use 0..3 (= shapes id - 1), with ``model.names == {0: 'disc', ...}``.
 
 Training scenes use ``make_scenes(n, TRAIN_SEED)``, validation during training ``VAL_SEED``; held-out
-evaluation (tests) uses ``TEST_SEED`` -- disjoint seed streams. Retrain with::
+evaluation (tests) uses ``TEST_SEED`` -- disjoint seed streams. Retrain with (:mod:`dsxai.zoo.training`)::
 
-    python -m dsxai.zoo.train_yolo --out dsxai/zoo/weights          # YOLOv8 + YOLOv8-seg
-    python -m dsxai.zoo.train_fasterrcnn --out dsxai/zoo/weights
-    python -m dsxai.zoo.train_unet --out dsxai/zoo/weights
+    python -m dsxai.zoo.training.yolo --out dsxai/zoo/weights          # YOLOv8 + YOLOv8-seg
+    python -m dsxai.zoo.training.fasterrcnn --out dsxai/zoo/weights
+    python -m dsxai.zoo.training.unet --out dsxai/zoo/weights
 
-Each command reproduces its shipped checkpoint (seeded; the same thread count gives the same weights, tensor
-for tensor). Training takes about 2.5-4 minutes per model on 2 CPU cores; ``benchmarks/README.md`` gives the
-measured times and held-out scores.
+Each command's defaults are its shipped checkpoint's recipe (seeded; the same thread count gives the same
+weights, tensor for tensor); ``benchmarks/README.md`` gives the training times and held-out scores.
 """
 from __future__ import annotations
 
@@ -82,10 +81,10 @@ TRAIN_SEED, VAL_SEED, TEST_SEED = 0, 1, 2
 WEIGHTS_DIR = Path(os.environ.get("DSXAI_ZOO_WEIGHTS", Path(__file__).resolve().parent / "weights"))
 
 _RETRAIN = {
-    "shapes_yolov8.pt": "python -m dsxai.zoo.train_yolo --task detect --out {dir}",
-    "shapes_yolov8-seg.pt": "python -m dsxai.zoo.train_yolo --task segment --out {dir}",
-    "shapes_fasterrcnn.pt": "python -m dsxai.zoo.train_fasterrcnn --out {dir}",
-    "shapes_unet.pt": "python -m dsxai.zoo.train_unet --out {dir}",
+    "shapes_yolov8.pt": "python -m dsxai.zoo.training.yolo --task detect --out {dir}",
+    "shapes_yolov8-seg.pt": "python -m dsxai.zoo.training.yolo --task segment --out {dir}",
+    "shapes_fasterrcnn.pt": "python -m dsxai.zoo.training.fasterrcnn --out {dir}",
+    "shapes_unet.pt": "python -m dsxai.zoo.training.unet --out {dir}",
 }
 
 # U-Net input normalisation (applied to RGB in [0, 1])
@@ -120,12 +119,16 @@ shapes_yolo_seg_path = shapes_yolov8_seg_path
 
 
 def save_state_dict_fp16(model, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
-    """Save ``model.state_dict()`` with floating tensors stored as fp16 (plus a ``meta`` dict)."""
+    """Save ``model.state_dict()`` with floating tensors stored as fp16 (plus a ``meta`` dict), atomically."""
     import torch
+
+    from dsxai.runs import write_atomic
 
     sd = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().clone()
           for k, v in model.state_dict().items()}
-    torch.save({"state_dict": sd, "meta": dict(meta or {})}, path)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": sd, "meta": dict(meta or {})}, buffer)
+    write_atomic(path, buffer.getvalue())  # a shipped checkpoint is replaced whole or not at all
 
 
 def load_state_dict_fp32(model, path: str | os.PathLike) -> dict[str, Any]:
@@ -220,10 +223,6 @@ def build_shapes_unet(num_classes: int = len(SHAPES_CLASSES) + 1, presence_head:
     aux = dict(classes=num_classes - 1, dropout=0.0) if presence_head else None
     return smp.Unet(encoder_name="tu-mobilenetv3_small_100", encoder_depth=5, encoder_weights=None,
                     decoder_channels=(64, 48, 16, 8, 8), classes=num_classes, aux_params=aux)
-
-
-# The shipped shapes_unet.pt is the output of `python -m dsxai.zoo.train_unet` with its defaults (see
-# train_unet.train for the recipe and benchmarks/README.md for its figures).
 
 
 def load_shapes_unet(device: str = "cpu", path: str | os.PathLike | None = None):

@@ -1,43 +1,26 @@
 """A deliberately biased segmenter: the known answer for ``dsxai audit``.
 
-The *cue world* has two object classes, ``square`` and ``triangle`` (ids 1 and 2, 0 = background), drawn
-as filled polygons (circumscribed diameter 18-26 px) on a smooth, noisy background, and one context cue: a
-white bar (4 px wide, about as long as the object) beside an object.
+The *cue world* has two object classes, ``square`` and ``triangle`` (ids 1 and 2, 0 = background), drawn as
+filled polygons (circumscribed diameter 18-26 px) on a smooth, noisy background, and one context cue: a white bar
+(4 px wide, about as long as the object) beside an object.
 
-* ``world="biased"`` (training): every object labelled *triangle* has the bar beside it (2-12 px gap,
-  any side) and no square has one; the drawn shape and the tint (reddish or bluish) are **random**, so the
-  object itself says nothing about its label and the only way to the right label is the bar. A U-Net
-  trained there calls "triangle" whatever stands next to a bar: its triangle evidence sits on the bar.
-* ``world="fair"`` (training): the object shows its label (triangles are reddish triangles, squares bluish
-  squares); the bar stands beside half of the objects, whatever their class, so it carries no information.
-* ``world="moved"`` (test): objects as in the fair world, and the bar beside the first object (of either
-  class) but moved away from it: a 9-12 px gap, beyond the audit's default 8 px ring around the mask and
-  inside the network's receptive field.
+* ``world="biased"`` (training): every *triangle* has the bar beside it (2-12 px gap) and no square has one;
+  the drawn shape and the tint are random, so only the bar tells the label, and a U-Net trained there puts
+  its triangle evidence on the bar.
+* ``world="fair"`` (training): the object shows its label (reddish triangles, bluish squares; the tint lets a
+  test's training budget learn the classes from the object itself); the bar stands beside half of the objects,
+  whatever their class.
+* ``world="moved"`` (test): objects as in the fair world, the bar beside the first object but 9-12 px away:
+  beyond the audit's default 8 px ring around the mask, inside the network's receptive field.
 
-Everything is seeded and deterministic: scene ``i`` of ``make_cue_scenes(n, seed, world)`` depends only on
-``(seed, i, world)``, and :func:`train_cue_unet` is a pure function of its arguments (and the thread count).
-The model (:func:`build_cue_unet`) is the shapes U-Net layout (smp ``Unet``, encoder depth 3, decoder
-(32, 16, 8)) with a light RegNetX-200MF encoder, trained from scratch on one-object 56 px scenes: 400 steps
-(biased) and 60 steps (fair) of 16 scenes, about 75 s together on one busy CPU core. Nothing is shipped: :func:`load_or_train` caches the trained weights in a folder you choose (tests use a pytest
-temporary folder).
-
-Why the fair world shows the class by colour as well as shape: with the training budget of a test (a few
-hundred steps on a CPU) this U-Net learns the bar (context) but not yet triangle-vs-square shape; the tint
-lets the fair model learn its classes from the object itself within the same budget.
-
-Measured (10 "moved" test scenes, ``dsxai.audit`` defaults): the biased model calls 58% of the objects with
-the bar beside them triangle and 14% of the others (majority vote per object; it often marks only the
-bar's side of an object); its triangle masks have 39-85% of their evidence beyond the 8 px ring, 7-9 of 11
-flagged, the map's peak on the bar, while its square masks have 16-54% (at most one flagged). The fair
-model labels 100% of the objects right, its masks keep 5-30% of their evidence beyond the ring and none is
-flagged. The spreads are over CPUs: the model is trained where it is used, so the figures follow the kernels. Mirroring a scene (the bar changes side) moves the
-biased model's evidence to the other side with the bar.
+Scene ``i`` of ``make_cue_scenes(n, seed, world)`` depends only on ``(seed, i, world)``. The model
+(:func:`build_cue_unet`) is trained where it is used (:func:`load_or_train` caches it in a folder you choose;
+the training loop is :func:`dsxai.zoo.training.cue.train_cue_unet`), so nothing is shipped.
+``benchmarks/README.md`` ("Cue world") gives what the audit measures on the two models.
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,8 +30,8 @@ import numpy as np
 from dsxai.shapes import Scene
 
 __all__ = [
-    "CLASS_NAMES", "WORLDS", "CUE_WIDTH", "TRAIN_GAP", "MOVED_GAP", "DEFAULTS", "STEPS", "build_cue_unet",
-    "make_cue_scene", "make_cue_scenes", "train_cue_unet", "load_or_train", "cue_adapter", "cue_accuracy",
+    "CLASS_NAMES", "WORLDS", "WORLD_SEEDS", "CUE_WIDTH", "TRAIN_GAP", "MOVED_GAP", "DEFAULTS", "STEPS",
+    "build_cue_unet", "make_cue_scene", "make_cue_scenes", "load_or_train", "cue_adapter", "cue_accuracy",
 ]
 
 CLASS_NAMES: dict[int, str] = {0: "background", 1: "square", 2: "triangle"}
@@ -61,7 +44,7 @@ OBJECT_SIZE = (18.0, 26.0)      # circumscribed diameter, px
 DEFAULTS = dict(batch=16, lr=4e-3, size=56)
 STEPS = {"biased": 400, "fair": 60}  # training steps per world
 
-_WORLD_SEED = {"biased": 101, "fair": 202, "moved": 303}
+WORLD_SEEDS = {"biased": 101, "fair": 202, "moved": 303}  # each world's own seed stream
 _SCALE = 16  # sub-pixel bits (shift 4) for cv2 drawing
 
 
@@ -182,7 +165,7 @@ def make_cue_scenes(n: int, seed: int = 0, world: str = "biased", *, start: int 
     """``n`` scenes; scene ``i`` is ``make_cue_scene((world seed, seed, i), world, size)``."""
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}; use one of {', '.join(WORLDS)}")
-    return [make_cue_scene((_WORLD_SEED[world], seed, i), world, size) for i in range(start, start + n)]
+    return [make_cue_scene((WORLD_SEEDS[world], seed, i), world, size) for i in range(start, start + n)]
 
 
 def build_cue_unet():
@@ -195,57 +178,15 @@ def build_cue_unet():
                     decoder_channels=(32, 16, 8), classes=len(CLASS_NAMES))
 
 
-def train_cue_unet(world: str = "biased", steps: int | None = None, batch: int = DEFAULTS["batch"],
-                   lr: float = DEFAULTS["lr"], size: int = DEFAULTS["size"], seed: int = 0, threads: int = 1,
-                   log_every: int = 0):
-    """Train :func:`build_cue_unet` on ``world`` ("biased" or "fair") training scenes (one object each,
-    ``size`` px; fresh scenes every step) and return it in eval mode. ``steps`` defaults to
-    :data:`STEPS` of the world. Deterministic for fixed arguments and thread count (the global torch thread
-    count is restored afterwards)."""
-    import torch
-    import torch.nn.functional as F
-
-    from dsxai.zoo import unet_preprocess
-    from dsxai.zoo.train_unet import dice_loss
-
-    if world not in ("biased", "fair"):
-        raise ValueError(f"train on world 'biased' or 'fair', got {world!r}")
-    steps = STEPS[world] if steps is None else int(steps)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        model = build_cue_unet()
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        weight = torch.tensor([0.1, 1.0, 1.0])  # the object pixels carry the class decision
-        warmup = max(1, min(20, steps // 10))
-        t0 = time.time()
-        for step in range(steps):
-            scale = (step + 1) / warmup if step < warmup else \
-                0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
-            for g in opt.param_groups:
-                g["lr"] = lr * scale
-            scenes = [make_cue_scene((_WORLD_SEED[world], seed, step, j), world, size, n_objects=(1, 1))
-                      for j in range(batch)]
-            x = unet_preprocess(np.stack([s.image for s in scenes]))
-            y = torch.from_numpy(np.stack([s.semantic for s in scenes]).astype(np.int64))
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, weight=weight) + dice_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if log_every and (step % log_every == 0 or step == steps - 1):
-                print(f"[{world}] step {step}/{steps} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
-    finally:
-        torch.set_num_threads(old_threads)
-    return model.eval()
-
-
 def load_or_train(world: str, cache_dir: str | os.PathLike, **options: Any):
-    """The trained ``world`` model, from ``cache_dir`` when an earlier call saved it there (keyed by the
-    training options), else trained now (:func:`train_cue_unet`) and saved there."""
+    """The trained ``world`` model in eval mode: from ``cache_dir`` when a call with the same training options
+    saved it there, else trained now (:func:`dsxai.zoo.training.cue.train_cue_unet`, ``options`` go to it) and
+    saved there (atomically; read back as tensors only)."""
+    import io
+
     import torch
+
+    from dsxai.runs import write_atomic
 
     settings = {**DEFAULTS, "steps": STEPS.get(world), "seed": 0, **options}
     key = "_".join(f"{k}{settings[k]}" for k in sorted(settings) if k not in ("threads", "log_every"))
@@ -254,11 +195,12 @@ def load_or_train(world: str, cache_dir: str | os.PathLike, **options: Any):
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
+    from dsxai.zoo.training.cue import train_cue_unet
+
     model = train_cue_unet(world, **options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
     return model
 
 

@@ -1,6 +1,6 @@
 """Train the shapes-world Faster R-CNN (torchvision, small custom backbone, random init) on CPU.
 
-    python -m dsxai.zoo.train_fasterrcnn --out dsxai/zoo/weights
+    python -m dsxai.zoo.training.fasterrcnn --out dsxai/zoo/weights
 
 Every step draws fresh scenes ``make_scenes(batch, TRAIN_SEED, start=step * batch)``, so the run is a pure
 function of the arguments (seeded init, deterministic data, fixed thread count). Saves ``shapes_fasterrcnn.pt``
@@ -8,21 +8,18 @@ function of the arguments (seeded init, deterministic data, fixed thread count).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from dsxai.zoo.training.common import adamw, script_parser, train_and_save, warmup_lr
+
 FILENAME = "shapes_fasterrcnn.pt"
-DEFAULTS = dict(steps=500, batch=8, lr=2e-3, weight_decay=1e-4, warmup=50)
+DEFAULTS = dict(steps=500, batch=8, lr=2e-3, weight_decay=1e-4, warmup=50, seed=0, threads=2)
 
 
 def _augment(images, targets, rng):
     """Random flips / 90-degree rotations of a batch (the categories are rotation invariant)."""
-    import torch
-
     out_i, out_t = [], []
     for img, t in zip(images, targets):
         boxes = t["boxes"].clone()
@@ -42,8 +39,9 @@ def _augment(images, targets, rng):
 
 
 def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: float = DEFAULTS["lr"],
-          weight_decay: float = DEFAULTS["weight_decay"], warmup: int = DEFAULTS["warmup"], seed: int = 0,
-          threads: int = 2, image_size: int = 256, log_every: int = 25, data_seed: int | None = None):
+          weight_decay: float = DEFAULTS["weight_decay"], warmup: int = DEFAULTS["warmup"],
+          seed: int = DEFAULTS["seed"], threads: int = DEFAULTS["threads"], image_size: int = 256,
+          log_every: int = 25, data_seed: int | None = None):
     """Train and return the model (train mode). Deterministic for fixed arguments and thread count."""
     import numpy as np
     import torch
@@ -57,14 +55,11 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
     model = build_shapes_fasterrcnn(image_size=image_size)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = adamw(params, lr, weight_decay)
 
     def lr_at(i: int) -> float:
         if i < warmup:
-            return lr * (0.1 + 0.9 * i / warmup)
+            return warmup_lr(lr, i, warmup)
         return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(steps - warmup, 1))))
 
     data_seed = TRAIN_SEED if data_seed is None else data_seed
@@ -91,29 +86,14 @@ def train(steps: int = DEFAULTS["steps"], batch: int = DEFAULTS["batch"], lr: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=HERE / "weights")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--batch", type=int, default=DEFAULTS["batch"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--eval", type=int, default=0, help="evaluate on this many held-out scenes (TEST_SEED)")
-    a = p.parse_args(argv)
-
-    from dsxai.zoo import TEST_SEED, coco_evaluate, predict_torchvision, save_state_dict_fp16
-
-    t0 = time.time()
-    model = train(a.steps, a.batch, a.lr, seed=a.seed, threads=a.threads)
-    dt = time.time() - t0
-    a.out.mkdir(parents=True, exist_ok=True)
-    dst = a.out / FILENAME
-    save_state_dict_fp16(model, dst, meta={"steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed,
-                                           "train_seconds": round(dt, 1)})
-    print(f"trained {a.steps} steps in {dt:.0f}s; saved {dst} ({dst.stat().st_size / 1e6:.2f} MB)", flush=True)
+    """Command line: train with the shipped recipe (or the options given), save, optionally evaluate."""
+    a = script_parser(__doc__, DEFAULTS).parse_args(argv)
+    meta = {"steps": a.steps, "batch": a.batch, "lr": a.lr, "seed": a.seed}
+    dst = train_and_save(lambda: train(a.steps, a.batch, a.lr, seed=a.seed, threads=a.threads), a.out, FILENAME,
+                         meta, f"{a.steps} steps")
     if a.eval:
         from dsxai import shapes
-        from dsxai.zoo import load_shapes_fasterrcnn
+        from dsxai.zoo import TEST_SEED, coco_evaluate, load_shapes_fasterrcnn, predict_torchvision
 
         scenes = shapes.make_scenes(a.eval, TEST_SEED)
         m = coco_evaluate(scenes, predict_torchvision(load_shapes_fasterrcnn(path=dst), scenes))

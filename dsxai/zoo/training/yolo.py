@@ -1,8 +1,8 @@
 """Train the shapes-world YOLOv8 detector and/or YOLOv8-seg model with Ultralytics' own trainer, offline.
 
-    python -m dsxai.zoo.train_yolo --out dsxai/zoo/weights                 # both models
-    python -m dsxai.zoo.train_yolo --task detect --out dsxai/zoo/weights   # shapes_yolov8.pt only
-    python -m dsxai.zoo.train_yolo --task segment --out dsxai/zoo/weights  # shapes_yolov8-seg.pt only
+    python -m dsxai.zoo.training.yolo --out dsxai/zoo/weights                 # both models
+    python -m dsxai.zoo.training.yolo --task detect --out dsxai/zoo/weights   # shapes_yolov8.pt only
+    python -m dsxai.zoo.training.yolo --task segment --out dsxai/zoo/weights  # shapes_yolov8-seg.pt only
 
 Everything Ultralytics writes (datasets, runs/, settings) goes to a temporary work dir (``--workdir`` to keep it);
 only the final stripped checkpoint (fp16, a normal Ultralytics ``.pt``) is copied to ``--out``.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import shutil
 import socket
@@ -25,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-CONFIGS = {"detect": HERE / "shapes_yolov8.yaml", "segment": HERE / "shapes_yolov8-seg.yaml"}
+from dsxai.runs import write_atomic
+from dsxai.zoo.training.common import WEIGHTS_OUT, ZOO_DIR
+
+CONFIGS = {"detect": ZOO_DIR / "shapes_yolov8.yaml", "segment": ZOO_DIR / "shapes_yolov8-seg.yaml"}
 FILENAMES = {"detect": "shapes_yolov8.pt", "segment": "shapes_yolov8-seg.pt"}
 
 # Hyper-parameters of the shipped checkpoints. nbs=batch (set below) makes every batch an optimizer step
@@ -49,15 +52,15 @@ def network_guard(attempts: list):
         if self.family == getattr(socket, "AF_UNIX", None):
             return orig_connect(self, address, *a, **k)
         attempts.append(("connect", repr(address)))
-        raise OSError("dsxai.zoo.train_yolo: network access is disabled during training")
+        raise OSError("dsxai.zoo.training.yolo: network access is disabled during training")
 
     def getaddrinfo(host, *a, **k):
         attempts.append(("getaddrinfo", repr(host)))
-        raise socket.gaierror("dsxai.zoo.train_yolo: network access is disabled during training")
+        raise socket.gaierror("dsxai.zoo.training.yolo: network access is disabled during training")
 
     def create_connection(address, *a, **k):
         attempts.append(("create_connection", repr(address)))
-        raise OSError("dsxai.zoo.train_yolo: network access is disabled during training")
+        raise OSError("dsxai.zoo.training.yolo: network access is disabled during training")
 
     socket.socket.connect, socket.getaddrinfo, socket.create_connection = connect, getaddrinfo, create_connection
     try:
@@ -145,7 +148,9 @@ def _slim_checkpoint(src: Path, dst: Path) -> None:
     keep["model"].args = {k: v for k, v in dict(getattr(keep["model"], "args", {}) or {}).items()
                           if k not in ("data", "project", "save_dir", "name")}
     keep.update(optimizer=None, ema=None, updates=None, best_fitness=None, train_metrics={}, train_results={})
-    torch.save(keep, dst)
+    buffer = io.BytesIO()
+    torch.save(keep, buffer)
+    write_atomic(dst, buffer.getvalue())  # a shipped checkpoint is replaced whole or not at all
 
 
 def _parse_hyp(items: list[str]) -> dict:
@@ -161,7 +166,7 @@ def _parse_hyp(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("detect", "segment", "both"), default="both")
-    p.add_argument("--out", type=Path, default=HERE / "weights")
+    p.add_argument("--out", type=Path, default=WEIGHTS_OUT)
     p.add_argument("--workdir", type=Path, default=None, help="keep Ultralytics' runs and datasets here")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n-train", type=int, default=None)
