@@ -400,7 +400,7 @@ def measure_method(case: Case, method: str, n: int, args, device: torch.device, 
     if notes.lines:
         row["engine_notes"] = sorted(set(notes.lines))
     result = ours()
-    maps = result.maps[0] if isinstance(result.maps, list) else result.maps[0]
+    maps = result.maps[0]
     if maps.shape[0] != n:
         raise RuntimeError(f"{case.name} {method}: got {maps.shape[0]} maps for {n} targets")
     exact_maps[method] = maps
@@ -505,7 +505,7 @@ def chunked_memory(case: Case, args, device: torch.device) -> dict:
               peak_memory(ours, device), "single_backward_peak_mib": peak_memory(floor, device),
               "single_backward_s": timed(floor, device, 1)}
     maps = ours().maps
-    result["maps"] = int((maps[0] if isinstance(maps, list) else maps[0]).shape[0])
+    result["maps"] = int(maps[0].shape[0])
     return result
 
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if not saved:
             raise SystemExit("predict(visualize=True) wrote no *_cam.jpg: is this Ultralytics >= 8.4 (LayerCAM)?")
         plain_s, visualize_s, ours_s = timed_together([theirs_plain, theirs_visualize, ours], device, args.repeats)
-    maps = ours.maps[0] if isinstance(ours.maps, list) else ours.maps[0]
+    maps = ours.maps[0]
 
     rows = [("ultralytics predict", plain_s, 0), ("ultralytics visualize", visualize_s, 1),
             ("dsxai LayerCAM", ours_s, int(maps.shape[0]))]
