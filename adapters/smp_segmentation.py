@@ -22,7 +22,7 @@ from torch import nn
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, class_name_map
 from ._segmentation import SegmentationAdapter
 
-__all__ = ["SMPAdapter"]
+__all__ = ["SMPAdapter", "import_smp", "build_unet"]
 
 _INSTALL_HINT = "pip install 'dsxai[smp]'"
 
@@ -35,6 +35,11 @@ def import_smp():
             f"SMPAdapter needs segmentation-models-pytorch, which is not installed: {_INSTALL_HINT}"
         ) from exc
     return smp
+
+
+def build_unet(**options: Any) -> nn.Module:
+    """``segmentation_models_pytorch.Unet(**options)``: a U-Net built without importing smp outside the adapters."""
+    return import_smp().Unet(**options)
 
 
 class SMPAdapter(SegmentationAdapter):

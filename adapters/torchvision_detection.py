@@ -50,7 +50,27 @@ from ._candidates import candidate_rows, select_candidates
 from ._matching import BoxMatchingTarget, best_match
 from ._preprocessing import AdapterBase, class_name_map, make_batch
 
-__all__ = ["TorchvisionDetectionAdapter", "TorchvisionDetector", "TorchvisionBoxTarget"]
+__all__ = ["TorchvisionDetectionAdapter", "TorchvisionDetector", "TorchvisionBoxTarget", "fasterrcnn_from_backbone"]
+
+
+def fasterrcnn_from_backbone(backbone: nn.Module, num_classes: int, *, anchor_sizes: Sequence[int],
+                             aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0), head_channels: int = 128,
+                             **options: Any) -> nn.Module:
+    """A torchvision ``FasterRCNN`` over a backbone with one feature map (``backbone.out_channels``): one
+    anchor generator, RoIAlign 7x7 and a 2-layer ``head_channels`` box head; ``options`` go to ``FasterRCNN``.
+
+    The way a small custom detector (the shapes zoo's, a user's) is built without importing torchvision's
+    detection models outside the adapters."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=1)
+    box_head = TwoMLPHead(backbone.out_channels * 7 * 7, head_channels)
+    return FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
+                      box_head=box_head, box_predictor=FastRCNNPredictor(head_channels, num_classes), **options)
 
 
 def _kind(model: nn.Module) -> str:

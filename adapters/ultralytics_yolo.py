@@ -44,7 +44,7 @@ from ._yolo import (
 )
 from .loading import load_ultralytics
 
-__all__ = ["UltralyticsAdapter", "YOLOBoxTarget", "YOLOMaskTarget", "YOLOClassTarget", "DenseOutput",
+__all__ = ["offline_yolo", "UltralyticsAdapter", "YOLOBoxTarget", "YOLOMaskTarget", "YOLOClassTarget", "DenseOutput",
            "mirror_anchors", "letterbox_batch", "network_size"]
 
 _INSTALL_HINT = "pip install 'dsxai[yolo]'"
@@ -59,6 +59,19 @@ def _import_ultralytics():
             f"UltralyticsAdapter needs the ultralytics package, which is not installed: {_INSTALL_HINT}"
         ) from exc
     return head
+
+
+def offline_yolo(cfg: str, task: str) -> Any:
+    """An Ultralytics ``YOLO`` built from a model YAML, set up to train without the network (no settings
+    sync, no font download): the one place outside ``predict`` where dsxai drives Ultralytics itself."""
+    _import_ultralytics()
+    import ultralytics.data.utils as data_utils
+    from ultralytics import YOLO
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"sync": False})
+    data_utils.check_font = lambda *args, **kwargs: None  # plots are off; never fetch Arial.ttf
+    return YOLO(str(cfg), task=task)
 
 
 class YOLOMaskTarget(YOLOBoxTarget):

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._version import __version__
 from .boxes import box_masks
 from .detections import Detections
 from .imaging import ImageLike, load_images

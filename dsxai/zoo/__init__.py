@@ -158,10 +158,8 @@ def build_shapes_fasterrcnn(num_classes: int = len(SHAPES_CLASSES) + 1, image_si
     mean 0.5 / std 0.25, so pass float RGB images in ``[0, 1]``.
     """
     from torch import nn
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import TwoMLPHead
-    from torchvision.ops import MultiScaleRoIAlign
+
+    from dsxai.adapters.torchvision_detection import fasterrcnn_from_backbone
 
     def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
@@ -174,21 +172,14 @@ def build_shapes_fasterrcnn(num_classes: int = len(SHAPES_CLASSES) + 1, image_si
         *block(64, 96, 1, 2), *block(96, 96, 1, 4),  # 1/8, dilated: receptive field ~140 px
     )
     backbone.out_channels = 96
-    anchors = AnchorGenerator(sizes=((16, 32, 64, 128),), aspect_ratios=((0.5, 1.0, 2.0),))
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=1)
-    box_head = TwoMLPHead(96 * 7 * 7, 128)
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-
-    model = FasterRCNN(
-        backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=roi_pool, box_head=box_head,
-        box_predictor=FastRCNNPredictor(128, num_classes),
+    return fasterrcnn_from_backbone(
+        backbone, num_classes, anchor_sizes=(16, 32, 64, 128), aspect_ratios=(0.5, 1.0, 2.0), head_channels=128,
         min_size=image_size, max_size=image_size, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
         rpn_batch_size_per_image=128, box_batch_size_per_image=64,
         box_score_thresh=0.001, box_detections_per_img=100,
     )
-    return model
 
 
 def load_shapes_fasterrcnn(device: str = "cpu", path: str | os.PathLike | None = None, score_thresh: float = 0.25):
@@ -218,10 +209,10 @@ def build_shapes_unet(num_classes: int = len(SHAPES_CLASSES) + 1, presence_head:
     returns ``(masks, presence_logits)``. The shipped model has no such head.
 
     Input height and width must be multiples of 32."""
-    import segmentation_models_pytorch as smp
+    from dsxai.adapters.smp_segmentation import build_unet
 
     aux = dict(classes=num_classes - 1, dropout=0.0) if presence_head else None
-    return smp.Unet(encoder_name="tu-mobilenetv3_small_100", encoder_depth=5, encoder_weights=None,
+    return build_unet(encoder_name="tu-mobilenetv3_small_100", encoder_depth=5, encoder_weights=None,
                     decoder_channels=(64, 48, 16, 8, 8), classes=num_classes, aux_params=aux)
 
 

@@ -172,9 +172,9 @@ def build_cue_unet():
     """The cue-world model (random init): smp ``Unet`` with a RegNetX-200MF encoder (``timm-regnetx_002``, no
     pretrained weights) cut to depth 3 (output stride 8) and decoder channels (32, 16, 8), 3 classes. It is
     the shapes U-Net's layout with a lighter encoder (61 k parameters), so it trains in seconds on a CPU."""
-    import segmentation_models_pytorch as smp
+    from dsxai.adapters.smp_segmentation import build_unet
 
-    return smp.Unet(encoder_name="timm-regnetx_002", encoder_depth=3, encoder_weights=None,
+    return build_unet(encoder_name="timm-regnetx_002", encoder_depth=3, encoder_weights=None,
                     decoder_channels=(32, 16, 8), classes=len(CLASS_NAMES))
 
 

@@ -103,15 +103,10 @@ def train_one(task: str, out: Path, workdir: Path, *, n_train: int, n_val: int, 
 
     attempts: list = []
     with network_guard(attempts):
-        import ultralytics.data.utils as ul_data_utils
-        from ultralytics import YOLO
-        from ultralytics.utils import SETTINGS
+        from dsxai.adapters.ultralytics_yolo import offline_yolo
 
-        SETTINGS.update({"sync": False})  # written to the private YOLO_CONFIG_DIR
-        ul_data_utils.check_font = lambda *a, **k: None  # plots are off; never fetch Arial.ttf
+        model = offline_yolo(str(cfg or CONFIGS[task]), task)  # settings go to the private YOLO_CONFIG_DIR
         torch.set_num_threads(threads)  # importing ultralytics may have changed OMP settings
-
-        model = YOLO(str(cfg or CONFIGS[task]), task=task)
         t1 = time.time()
         kw = dict(HYP)
         kw.update(hyp or {})
