@@ -574,3 +574,65 @@ def test_coco_problems_fail_one_image_or_up_front(cue_models, moved, tmp_path):
     del no_categories["categories"]
     with pytest.raises(ValueError, match="needs 'images', 'annotations' and 'categories'"):
         audit(adapter, images, coco=no_categories, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- options, ground truth
+
+
+def test_config_checks_every_option_once(tmp_path):
+    from dsxai.auditing import AuditConfig
+
+    config = AuditConfig(layers="encoder.layer4", out=str(tmp_path / "o"), min_area=5)
+    assert config.layers == ["encoder.layer4"] and config.out == tmp_path / "o" and config.ground_truth == "none"
+    assert config.thresholds == {"max_outside": 0.5, "min_confidence": 0.6, "min_iou": 0.5}
+    for options, message in (({"thumbnails": "some"}, "thumbnails must be 'flagged', 'all' or 'none'"),
+                             ({"masks": tmp_path, "coco": {}}, "not both"),
+                             ({"min_iou": 1.5}, r"min_iou must be a number in \[0, 1\], got 1.5"),
+                             ({"ring_frac": float("nan")}, "ring_frac must be a finite number >= 0, got nan"),
+                             ({"adapter_options": {"imgsz": 10}}, "imgsz must be in")):
+        with pytest.raises(ValueError, match=message):
+            AuditConfig(**options)
+    with pytest.raises(FileNotFoundError, match="mask folder not found"):
+        AuditConfig(masks=tmp_path / "nowhere")
+
+
+def test_label_png_truth(tmp_path):
+    from dsxai.groundtruth import read_label_png, truth_from_labels
+
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:6, 2:6] = 1
+    labels[10:15, 20:25] = 1  # a second object of class 1, apart from the first
+    labels[12:18, 2:8] = 2
+    cv2.imwrite(str(tmp_path / "grey.png"), labels)
+    cv2.imwrite(str(tmp_path / "grey3.png"), np.repeat(labels[..., None], 3, 2))  # grey saved as BGR: accepted
+    assert np.array_equal(read_label_png(tmp_path / "grey.png"), labels)
+    assert np.array_equal(read_label_png(tmp_path / "grey3.png"), labels)
+    colour = np.repeat(labels[..., None], 3, 2)
+    colour[0, 0] = (0, 0, 255)
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(ValueError, match="colour image"):
+        read_label_png(tmp_path / "colour.png")
+    truth = truth_from_labels(labels, background=0)
+    assert truth.classes.tolist() == [1, 1, 2] and truth.instances.shape == (3, 20, 30)
+    assert [int(m.sum()) for m in truth.instances] == [16, 25, 36]
+    assert int(truth.labels[0, 0]) == -1 and int(truth.labels[3, 3]) == 1
+
+
+def test_cli_resume_with_other_settings_names_them(cue_models, moved, tmp_path, capsys):
+    from dsxai.adapters import register, unregister
+    from dsxai.cli import main
+
+    root, _ = moved
+    register("cue-fair", lambda **kw: cue_adapter(cue_models["fair"]))
+    try:
+        argv = ["audit", "cue-fair", "--images", str(root / "images" / "scene00.png"), "--out", str(tmp_path),
+                "--min-area", "30"]
+        assert main(argv) == 0
+        journal = (tmp_path / "audit.jsonl").read_text()
+        capsys.readouterr()
+        assert main([*argv, "--resume", "--max-outside", "0.3"]) == 2
+        err = capsys.readouterr().err
+        assert "other settings (thresholds)" in err and "drop --resume" in err and len(err.splitlines()) == 1
+        assert (tmp_path / "audit.jsonl").read_text() == journal  # the refused resume kept the journal
+    finally:
+        unregister("cue-fair")

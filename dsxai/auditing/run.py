@@ -5,6 +5,7 @@ Why a recipe of small steps: each step is tested on its own, and the run reads a
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -69,7 +70,7 @@ class AuditPlan:
     targets: str
     target_options: dict[str, Any]
     class_ids: list[int] | None
-    _cells: dict[tuple[int, int], float] = field(default_factory=dict)
+    _cells: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
 
     def cell_px(self, size: tuple[int, int]) -> float:
         """One cell of the explained layer in original pixels of an image of ``size`` (letterbox, resize)."""
@@ -83,8 +84,6 @@ class AuditPlan:
 def plan_audit(adapter: Any, config: AuditConfig) -> AuditPlan:
     """The method, layers, classes and targets of ``config`` checked against ``adapter``; ValueError for a
     detector without masks, an unknown method, layer or class."""
-    import warnings
-
     from ..explanation import DEFAULT_METHOD, resolve_classes
     from ..layers import audit_layers, layer_stride, resolve_layers
     from ..methods import get_method
