@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dsxai import shapes, zoo
     from dsxai.pipeline import explain_maps
-    from dsxai.audit import MAX_OUTSIDE, RING_FRAC, RING_PX, mask_figures
+    from dsxai.auditing import MAX_OUTSIDE, RING_FRAC, RING_PX, mask_figures
     from dsxai.layers import audit_layers, layer_stride
 
     torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
 The core (this package) is model-agnostic; model families live in ``dsxai.adapters``.
 """
 from ._version import __version__
-from .audit import AuditResult, audit
+from .auditing import AuditResult, audit
 from .detections import Detections
 from .engine import ActivationCAM, BaseCAM, CAMResult, normalize_maps
 from .explanation import Explanation

@@ -151,3 +151,129 @@ def ignored_categories(data: dict[str, Any], mapped: set[int]) -> list[str]:
     used = {int(a["category_id"]) for a in data["annotations"]}
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
     return sorted(names.get(c, str(c)) for c in used - set(mapped))
+
+
+# ----------------------------------------------------------------------------------------------- per-image truth
+# The audit's ground truth of one image: label PNGs (pixel value = class id) or COCO annotations, both as
+# instance masks with the model's class ids. Imported here, below the COCO readers, so the two sections stay
+# independent of each other's imports.
+
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+__all__ += ["Truth", "read_label_png", "truth_from_labels", "CocoTruth"]
+
+
+@dataclass
+class Truth:
+    """Ground truth of one image, in the model's class ids.
+
+    Attributes:
+        instances: ``[G, H, W]`` bool, one mask per ground-truth object.
+        classes: ``[G]`` long, the class id of each object.
+        labels: ``[H, W]`` long class ids, -1 where no object.
+    """
+
+    instances: Tensor
+    classes: Tensor
+    labels: Tensor
+
+
+def _stack_instances(found: list[np.ndarray], size: tuple[int, int]) -> Tensor:
+    """``[G, H, W]`` bool from a list of masks (``[0, H, W]`` when empty)."""
+    return torch.from_numpy(np.stack(found)) if found else torch.zeros((0, *size), dtype=torch.bool)
+
+
+def truth_from_labels(label_map: np.ndarray, background: int | None) -> Truth:
+    """A label map (pixel value = class id) as a :class:`Truth`: one object per class and 8-connected
+    component, ``background`` pixels belonging to none. Why components: two objects of a class apart are two."""
+    import cv2
+
+    found, classes = [], []
+    for c in np.unique(label_map).tolist():
+        if background is not None and c == background:
+            continue
+        count, comp = cv2.connectedComponents((label_map == c).astype(np.uint8), connectivity=8)
+        for k in range(1, count):
+            found.append(comp == k)
+            classes.append(int(c))
+    labels = label_map.astype(np.int64)
+    if background is not None:
+        labels[labels == background] = -1
+    return Truth(_stack_instances(found, label_map.shape[:2]), torch.tensor(classes, dtype=torch.long),
+                 torch.from_numpy(labels))
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """The ``[H, W]`` class ids of a label PNG; ValueError for an unreadable file or a colour image (a grey
+    image saved as RGB is accepted). Why refuse colour: its pixel values are no class ids."""
+    import cv2
+
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ValueError(f"cannot read the ground-truth mask {path} (unsupported or corrupt file)")
+    if data.ndim == 3:
+        if data.shape[2] == 4:
+            data = data[..., :3]
+        if not (np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 0], data[..., 2])):
+            raise ValueError(f"ground-truth mask {path} is a colour image; give a single-channel PNG whose pixel "
+                             "values are class ids")
+        data = data[..., 0]
+    return np.asarray(data)
+
+
+class CocoTruth:
+    """COCO annotations as per-image :class:`Truth` in the model's class ids, images found by file name.
+
+    Categories map to ``class_names`` as :func:`map_classes` says (``class_map`` when given); the categories
+    no class maps to are named in one warning and their annotations ignored.
+    """
+
+    def __init__(self, source: Any, class_names: dict[int, str], class_map: dict[str, str] | None = None):
+        data, what = read_coco(source)
+        self.coco = coco_index(data)
+        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        try:
+            to_category = map_classes(class_names, categories, class_map)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+        self.category_map = {cat: model_id for model_id, cat in to_category.items()}
+        ignored = ignored_categories(data, set(self.category_map))
+        if ignored:
+            warnings.warn(f"COCO categories {', '.join(ignored)} are not classes of the model "
+                          f"({', '.join(class_names.values())}); their annotations are ignored", stacklevel=3)
+        self.by_file: dict[str, dict] = {}
+        for entry in data["images"]:
+            name = str(entry.get("file_name", ""))
+            for key in (name, Path(name).name, Path(name).stem):
+                self.by_file.setdefault(key, entry)
+
+    def find(self, name: str, path: str | None) -> dict | None:
+        """The image entry of a file: by its path, its file name, then ``name`` (a stem); None when absent."""
+        for key in ([path, Path(path).name] if path else []) + [name]:
+            if key and key in self.by_file:
+                return self.by_file[key]
+        return None
+
+    def truth(self, entry: dict, size: tuple[int, int]) -> Truth:
+        """The ground truth of image ``entry``, whose picture is ``size`` (h, w); ValueError when the entry
+        gives another size (the annotations belong to another version of the image)."""
+        h, w = size
+        eh, ew = int(entry.get("height", h)), int(entry.get("width", w))
+        if (eh, ew) != (h, w):
+            raise ValueError(f"COCO image entry {entry.get('file_name')!r} is {ew}x{eh} but the image is {w}x{h}; "
+                             "the annotations belong to another version of the image")
+        found, classes = [], []
+        labels = np.full((h, w), -1, np.int64)
+        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[entry["id"]], iscrowd=None)):
+            cid = self.category_map.get(int(ann["category_id"]))
+            if cid is None or not ann.get("segmentation"):
+                continue
+            m = annotation_mask(self.coco, ann)
+            found.append(m)
+            classes.append(cid)
+            labels[m] = cid
+        return Truth(_stack_instances(found, (h, w)), torch.tensor(classes, dtype=torch.long),
+                     torch.from_numpy(labels))

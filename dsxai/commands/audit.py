@@ -2,17 +2,21 @@
 
 Writes ``audit.jsonl`` (journal, one line per image; ``--resume`` continues it), ``audit.json``,
 ``audit.csv`` (one row per mask), ``report.html`` and ``thumbs/*.png`` into ``--out``. See
-:mod:`dsxai.audit` for the figures, flags and defaults.
+the README ("Audit") for the figures, flags and defaults.
 """
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from . import CommandError, add_trust_flag, trust_checkpoint
 
+if TYPE_CHECKING:
+    from ..auditing import AuditResult
+
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from ..audit import MAX_OUTSIDE, MIN_CONFIDENCE, MIN_IOU, RING_FRAC, RING_PX
+    from ..auditing import MAX_OUTSIDE, MIN_CONFIDENCE, MIN_IOU, RING_FRAC, RING_PX
 
     parser = commands.add_parser(
         "audit", help="audit a segmenter's masks: evidence inside / around / outside each mask, flags, report",
@@ -91,15 +95,20 @@ def _class_map(path: str | None) -> dict | None:
     return mapping
 
 
-def _audit(args: argparse.Namespace, classes, layers):
-    from ..audit import audit
+def _audit(args: argparse.Namespace, classes: list[str] | None, layers: list[str] | None) -> "AuditResult":
+    """The audit of ``args``; a resume refused for other settings is said in the flag's words."""
+    from ..auditing import audit
+    from ..runs import SettingsChanged
 
-    return audit(args.model, args.images, masks=args.masks, coco=args.coco, out=args.out, method=args.method,
-                 layers=layers, classes=classes, min_area=args.min_area, device=args.device, resume=args.resume,
-                 arch=args.arch, ring_px=args.ring_px, ring_frac=args.ring_frac, max_outside=args.max_outside,
-                 min_confidence=args.min_confidence, min_iou=args.min_iou, conf=args.conf,
-                 thumbnails=args.thumbnails, class_map=_class_map(args.class_map), max_pixels=args.max_pixels,
-                 trust=trust_checkpoint(args))
+    try:
+        return audit(args.model, args.images, masks=args.masks, coco=args.coco, out=args.out, method=args.method,
+                     layers=layers, classes=classes, min_area=args.min_area, device=args.device, resume=args.resume,
+                     arch=args.arch, ring_px=args.ring_px, ring_frac=args.ring_frac, max_outside=args.max_outside,
+                     min_confidence=args.min_confidence, min_iou=args.min_iou, conf=args.conf,
+                     thumbnails=args.thumbnails, class_map=_class_map(args.class_map), max_pixels=args.max_pixels,
+                     trust=trust_checkpoint(args))
+    except SettingsChanged as exc:
+        raise CommandError(f"--resume: {exc} (drop --resume to start over)") from None
 
 
 def _summary(result) -> int:
