@@ -148,8 +148,6 @@ def _image_rows(plan: AuditPlan, config: AuditConfig, image: np.ndarray,
     adapter = plan.adapter
     dets, maps = explain_maps(adapter, [image], method=plan.method, layers=plan.layers, targets=plan.targets,
                               **plan.target_options)
-    if dets is None:
-        raise ValueError(f"{type(adapter).__name__} gave no masks to audit")
     d, m = dets[0], maps[0].detach().float()
     if d.masks is None:
         raise ValueError(f"{type(adapter).__name__} predicts boxes without masks; the audit needs a segmenter")
