@@ -11,12 +11,14 @@ import contextlib
 import io
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["read_coco", "coco_index", "annotation_mask", "map_classes", "ignored_categories", "norm_name"]
+__all__ = ["read_coco", "coco_index", "annotation_mask", "CocoGroundTruth", "load_coco", "map_classes",
+           "keep_categories", "ignored_categories", "norm_name"]
 
 
 def read_coco(source: str | Path | dict, what: str | None = None) -> tuple[dict[str, Any], str]:
@@ -98,6 +100,63 @@ def annotation_mask(coco: Any, ann: dict[str, Any]) -> np.ndarray:
                          f"cannot be drawn ({type(exc).__name__}: {exc}); fix or drop it") from None
 
 
+@dataclass
+class CocoGroundTruth:
+    """A checked, indexed COCO instances file and the image folder its ``file_name`` entries live in."""
+
+    coco: Any  # pycocotools.coco.COCO
+    images_dir: Path
+    path: Path
+
+    @property
+    def categories(self) -> dict[int, str]:
+        """Category id -> name."""
+        return {int(c["id"]): str(c["name"]) for c in self.coco.dataset.get("categories", [])}
+
+    def image_path(self, image_id: int) -> Path:
+        return self.images_dir / self.coco.imgs[image_id]["file_name"]
+
+    def image_ids(self, category_ids: Iterable[int], limit: int | None = None) -> list[int]:
+        """Ids (ascending) of the images holding a non-crowd object of ``category_ids``; the first ``limit``."""
+        wanted = set(int(c) for c in category_ids)
+        ids = [i for i in sorted(self.coco.imgs)
+               if any(int(a["category_id"]) in wanted and not a.get("iscrowd", 0)
+                      for a in self.coco.imgToAnns.get(i, []))]
+        return ids[:limit] if limit is not None else ids
+
+    def objects(self, image_id: int, category_ids: Iterable[int]) -> dict[str, Any]:
+        """Non-crowd objects of ``category_ids`` in an image: ``ann_ids``, ``boxes`` xyxy, ``categories``,
+        ``masks`` (bool ``[N, H, W]`` or None when an annotation has no segmentation) and ``size``."""
+        info = self.coco.imgs[image_id]
+        h, w = int(info["height"]), int(info["width"])
+        cats = set(int(c) for c in category_ids)
+        anns = [a for a in self.coco.imgToAnns.get(image_id, [])
+                if int(a["category_id"]) in cats and not a.get("iscrowd", 0)]
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns], np.float32).reshape(-1, 4)
+        masks = None
+        if anns and all(a.get("segmentation") for a in anns):
+            masks = np.stack([annotation_mask(self.coco, a) for a in anns])
+            if masks.shape[1:] != (h, w):
+                raise ValueError(f"annotation masks of image {image_id} are {masks.shape[1:]} but the image "
+                                 f"entry says {(h, w)}; fix height/width in the json")
+        return {"ann_ids": [int(a["id"]) for a in anns], "boxes": boxes,
+                "categories": [int(a["category_id"]) for a in anns], "masks": masks, "size": (h, w)}
+
+
+def load_coco(annotations: str | Path, images_dir: str | Path) -> CocoGroundTruth:
+    """A COCO instances json (checked by :func:`read_coco`) with its image folder.
+
+    Raises FileNotFoundError (no json, no folder) or ValueError (a corrupt or non-COCO json).
+    """
+    data, _ = read_coco(annotations)
+    images = Path(images_dir)
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder {images} not found; pass the folder the json's file_name "
+                                "entries are relative to")
+    return CocoGroundTruth(coco_index(data), images, Path(annotations))
+
+
 def norm_name(name: str) -> str:
     """Class / category names compared case-, space-, ``_``- and ``-``-insensitively."""
     return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
@@ -144,6 +203,17 @@ def map_classes(class_names: dict[int, str], categories: dict[int, str],
                          f"{_preview(class_names)}, COCO categories {_preview(categories)}; pass a class map "
                          "{\"model_class_name_or_id\": \"coco_category_name\"} (class_map=, --class-map FILE)")
     return out
+
+
+def keep_categories(class_to_cat: dict[int, int], categories: dict[int, str],
+                    names: Iterable[str]) -> dict[int, int]:
+    """``class_to_cat`` restricted to the categories called ``names``; ValueError naming unknown names."""
+    wanted = {norm_name(c) for c in names}
+    unknown = wanted - {norm_name(n) for n in categories.values()}
+    if unknown:
+        raise ValueError(f"categories {sorted(unknown)} are not in the annotations "
+                         f"(categories: {_preview(categories)})")
+    return {k: v for k, v in class_to_cat.items() if norm_name(categories[v]) in wanted}
 
 
 def ignored_categories(data: dict[str, Any], mapped: set[int]) -> list[str]:

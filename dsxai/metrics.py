@@ -353,27 +353,35 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
     if maps.shape[0] != len(detections):
         raise ValueError(f"got {maps.shape[0]} maps for {len(detections)} detections")
     rgb = load_image(image)
-    h, w = rgb.shape[:2]
-    if tuple(maps.shape[-2:]) != (h, w):
-        raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the image is {(h, w)}; pass maps over the "
-                         "original image (as Adapter.explain returns them)")
+    if tuple(maps.shape[-2:]) != rgb.shape[:2]:
+        raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the image is {rgb.shape[:2]}; pass maps over the "
+                         "original image (as dsxai.pipeline.explain_maps returns them)")
     device = maps.device
-    t_count = maps.shape[0]
-    if t_count == 0:
+    if maps.shape[0] == 0:
         empty = torch.zeros(0, steps + 1, device=device)
         return Faithfulness(empty, empty.clone(), torch.zeros(0, device=device), torch.zeros(0, device=device))
-    original = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float()
-    if baseline == "blur":
-        base = blurred(original)
-    else:
-        base = original.mean((1, 2), keepdim=True).expand_as(original).clone()
+    jobs = _perturbed_images(rgb, maps, steps, baseline)
+    found: list[Detections] = []
+    opts = dict(predict_options, conf=conf)
+    for start in range(0, len(jobs), batch_size):
+        found.extend(adapter.predict(jobs[start:start + batch_size], **opts))
+    deletion, insertion = _curves(found, detections, steps)
+    deletion, insertion = deletion.to(device), insertion.to(device)
+    return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))
 
+
+def _perturbed_images(rgb: np.ndarray, maps: Tensor, steps: int, baseline: str) -> list[np.ndarray]:
+    """The images to score, in the order :func:`_curves` reads them: the original, the full baseline, then
+    per map the inner deletion steps ``1..K-1`` and the inner insertion steps."""
+    device = maps.device
+    t_count, (h, w) = maps.shape[0], rgb.shape[:2]
+    original = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float()
+    base = blurred(original) if baseline == "blur" else original.mean((1, 2), keepdim=True).expand_as(original).clone()
     # rank of each pixel in the saliency order (0 = most salient), ties in raster order
-    flat = maps.flatten(1)
-    order = torch.argsort(-flat, dim=1, stable=True)
+    order = torch.argsort(-maps.flatten(1), dim=1, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=device).expand(t_count, -1))
-    counts = [int(round(k / steps * h * w)) for k in range(1, steps)]  # inner steps 1..K-1
+    counts = [int(round(k / steps * h * w)) for k in range(1, steps)]
 
     def compose(t: int, k_count: int, mode: str) -> np.ndarray:
         top = (rank[t] < k_count).view(1, h, w)
@@ -384,15 +392,14 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
     for t in range(t_count):
         for mode in ("deletion", "insertion"):
             jobs.extend(compose(t, c, mode) for c in counts)
+    return jobs
 
-    found: list[Detections] = []
-    opts = dict(predict_options, conf=conf)
-    for start in range(0, len(jobs), batch_size):
-        found.extend(adapter.predict(jobs[start:start + batch_size], **opts))
 
+def _curves(found: Sequence[Detections], detections: Detections, steps: int) -> tuple[Tensor, Tensor]:
+    """Deletion and insertion curves ``[T, K+1]`` from the detections found on :func:`_perturbed_images`."""
+    t_count, inner = len(detections), steps - 1
     deletion = torch.zeros(t_count, steps + 1)
     insertion = torch.zeros(t_count, steps + 1)
-    inner = steps - 1
     for t in range(t_count):
         box, label = detections.boxes[t].cpu().reshape(1, 4), int(detections.labels[t])
         full, none = _match_scores(found[0:2], box, label)
@@ -402,8 +409,7 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
         if inner:
             deletion[t, 1:steps] = _match_scores(found[offset:offset + inner], box, label)
             insertion[t, 1:steps] = _match_scores(found[offset + inner:offset + 2 * inner], box, label)
-    deletion, insertion = deletion.to(device), insertion.to(device)
-    return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))
+    return deletion, insertion
 
 
 # ----------------------------------------------------------------------------------------------- baselines

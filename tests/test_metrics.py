@@ -216,8 +216,19 @@ def test_deletion_insertion_checks_inputs():
         M.deletion_insertion(ToyDetector(), image, dets, torch.rand(1, 4, 4))
     with pytest.raises(ValueError, match="baseline"):
         M.deletion_insertion(ToyDetector(), image, dets, torch.rand(1, 8, 8), baseline="noise")
-    blurred = M.blurred(torch.rand(3, 32, 32) * 255)
-    assert blurred.shape == (3, 32, 32)
+
+
+def test_blur_spreads_a_point_keeps_its_mass_and_leaves_flat_images_flat():
+    flat = torch.full((3, 32, 32), 77.0)
+    assert torch.allclose(M.blurred(flat), flat)
+    point = torch.zeros(3, 32, 32)
+    point[:, 16, 16] = 255.0
+    out = M.blurred(point)  # sigma 5 % of 32 px -> 1.6 px, an 11-px kernel: the spread stays inside the image
+    assert out.sum().item() == pytest.approx(3 * 255.0, rel=1e-4)
+    assert int(out[0].argmax()) == 16 * 32 + 16 and out[0, 16, 16] < 255.0 / (2 * math.pi * 1.6 ** 2) + 1
+    assert out[0, 16, 14] > 0 and out[0, 16, 14] == pytest.approx(out[0, 16, 18].item())  # symmetric spread
+    assert out[0, 16, 22].item() == 0.0  # beyond the kernel's reach
+    assert M.blurred(point, sigma=3.0)[0, 16, 16] < out[0, 16, 16]  # a wider blur lowers the peak
 
 
 def test_auc_trapezoid():

@@ -25,6 +25,7 @@ def test_wheel_maps_adapters_into_dsxai(wheel):
     from dsxai.cli import COMMANDS
 
     assert all(f"dsxai/commands/{name}.py" in names for name in COMMANDS), sorted(names)
+    assert {"dsxai/bench/__init__.py", "dsxai/bench/run.py"} <= set(names)  # subpackages are listed by hand
     shipped = [n for n in names if n.startswith("dsxai/zoo/weights/")]
     source = Path(__file__).resolve().parents[1] / "dsxai" / "zoo" / "weights"
     assert sorted(n.rsplit("/", 1)[1] for n in shipped) == sorted(p.name for p in source.glob("*.pt"))

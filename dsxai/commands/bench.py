@@ -1,4 +1,7 @@
-"""``dsxai bench MODEL --coco ANN.json --images DIR``: the localization benchmark (see :mod:`dsxai.bench`)."""
+"""``dsxai bench MODEL --coco ANN.json --images DIR``: the localization benchmark (see :mod:`dsxai.bench`).
+
+The library words its errors for Python callers; the checks here word the same problems as flags.
+"""
 from __future__ import annotations
 
 import argparse
@@ -68,13 +71,21 @@ def run(args: argparse.Namespace) -> int:
         if not args.coco or not args.images:
             raise CommandError("pass --coco ANNOTATIONS.json and --images DIR (or --synthetic)")
         annotations, images = Path(args.coco), Path(args.images)
+        if not annotations.is_file():
+            raise CommandError(f"COCO annotations {annotations} not found; pass --coco PATH/instances.json")
+        if not images.is_dir():
+            raise CommandError(f"image folder {images} not found; pass --images DIR (file_name entries of the "
+                               "json are relative to it)")
         if faithfulness is None:
             faithfulness = args.limit is not None and args.limit <= FAITHFULNESS_AUTO_LIMIT
     if model is None:
         raise CommandError("pass MODEL (a checkpoint path or shapes-yolo)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise CommandError("no methods given; pass e.g. --methods gradcam,layercam")
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     results = run_benchmark(
-        model, annotations, images, out, methods=args.methods.split(","), limit=args.limit,
+        model, annotations, images, out, methods=methods, limit=args.limit,
         categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
         imgsz=args.imgsz, arch=args.arch, faithfulness=faithfulness, steps=args.steps, conf=args.conf,
         gallery=args.gallery, progress=not args.no_progress, max_pixels=args.max_pixels, trust=trust_checkpoint(args),

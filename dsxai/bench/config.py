@@ -1,0 +1,156 @@
+"""The benchmark's options, checked once, and the names of the files a run writes.
+
+Why one place: the CLI and Python callers get the same refusals, before any output is written.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from ..runs import check_output_folder
+from ..validation import check_conf, check_imgsz, check_max_pixels, check_non_negative, check_positive_int, \
+    check_steps
+
+__all__ = ["METRICS", "DEFAULT_METHODS", "FAITHFULNESS_AUTO_LIMIT", "JOURNAL", "CONFIG", "RESULTS", "PAIRS",
+           "SUMMARY", "MANIFEST", "SYNTHETIC_DIR", "BenchError", "BenchConfig", "check_bench_options", "read_class_map",
+           "resume_key"]
+
+#: metric keys of results.json, in table order
+METRICS: tuple[str, ...] = (
+    "pointing_game_box", "pointing_game_mask", "energy_box", "energy_mask", "iou_box", "iou_mask",
+    "iou_box_mean_thr", "iou_mask_mean_thr", "loc_acc_box", "deletion_auc", "insertion_auc",
+)
+DEFAULT_METHODS: tuple[str, ...] = ("eigencam", "gradcam", "hirescam", "layercam")
+#: faithfulness is on by default only for runs of at most this many images (``faithfulness=None``)
+FAITHFULNESS_AUTO_LIMIT = 50
+#: the files of a run in ``out`` (``manifest.json`` lists exactly those of the last run)
+JOURNAL, CONFIG, RESULTS, PAIRS, SUMMARY, MANIFEST = ("journal.jsonl", "config.json", "results.json", "pairs.csv",
+                                                      "summary.md", "manifest.json")
+#: ``dsxai bench --synthetic`` writes its COCO set here, inside ``out``: the run's own data, not a user's input
+SYNTHETIC_DIR = "synthetic"
+
+
+class BenchError(ValueError):
+    """A user-facing benchmark problem (bad annotations, nothing to compare, ...)."""
+
+
+def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25, match_iou: Any = 0.5,
+                        threshold: Any = 0.5, tolerance: Any = 15.0, gallery: Any = 2, imgsz: Any = None,
+                        max_pixels: Any = None) -> None:
+    """The numeric options of :func:`dsxai.bench.run_benchmark`, refused (BenchError) before any output."""
+    try:
+        if limit is not None:
+            check_positive_int("limit", limit)
+        check_steps(steps)
+        check_conf(conf)
+        check_conf(match_iou, "match_iou")
+        check_conf(threshold, "threshold")
+        check_non_negative("tolerance", tolerance)
+        check_non_negative("gallery", gallery)
+        if imgsz is not None:
+            check_imgsz(imgsz)
+        if max_pixels is not None:
+            check_max_pixels(max_pixels)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def read_class_map(class_map: dict[str, str] | str | Path | None) -> dict[str, str] | None:
+    """A class map given as a dict or as a JSON file of one (``{model_class_name_or_id: coco_category_name}``)."""
+    if not isinstance(class_map, (str, Path)):
+        return class_map
+    path = Path(class_map)
+    if not path.is_file():
+        raise FileNotFoundError(f"class map {path} not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"class map {path} is not valid JSON ({exc}); expected "
+                         "{\"model_class_name_or_id\": \"coco_category_name\"}") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"class map {path} must be a JSON object {{model_class: coco_category_name}}")
+    return data
+
+
+@dataclass
+class BenchConfig:
+    """Every option of :func:`dsxai.bench.run_benchmark`, checked and normalised on construction.
+
+    model: an Adapter, a registered name (``"shapes-yolo"``) or a checkpoint path (:func:`dsxai.adapters.resolve`);
+    annotations, images: the COCO instances json and the folder its ``file_name`` entries live in; out: the
+    output folder. methods: CAM method names (lower-cased). limit: the first ``limit`` images (by id) holding an
+    object of a benchmarked category. categories: COCO category names to keep (default: every mapped one).
+    class_map: ``{model_class_name_or_id: coco_category_name}`` or a JSON file of it (read here). seed: torch
+    and the bootstrap. resume: skip images finished in ``out/journal.jsonl`` (same settings required).
+    faithfulness: deletion / insertion AUCs; ``None`` = on only when ``limit <= FAITHFULNESS_AUTO_LIMIT``
+    (costly). steps: K of those curves. tolerance: pointing-game tolerance in pixels; threshold: binarisation
+    threshold of the IoU metrics; match_iou: detection-to-object IoU of a pair; conf: detection threshold.
+    explain_model: maps from this module (e.g. :func:`randomized_copy`), detections from the adapter's model.
+    gallery: best and worst pairs drawn per method (0 = none). trust: full-pickle checkpoint loading.
+    max_pixels: refuse larger images (default ``dsxai.imaging.MAX_PIXELS``).
+    """
+
+    model: Any
+    annotations: str | Path
+    images: str | Path
+    out: Path
+    methods: Sequence[str] = DEFAULT_METHODS
+    limit: int | None = None
+    categories: Sequence[str] | None = None
+    class_map: dict[str, str] | str | Path | None = None
+    seed: int = 0
+    device: str | None = None
+    resume: bool = False
+    imgsz: int | None = None
+    arch: str | None = None
+    faithfulness: bool | None = None
+    steps: int = 20
+    tolerance: float = 15.0
+    threshold: float = 0.5
+    match_iou: float = 0.5
+    conf: float = 0.25
+    explain_model: nn.Module | None = field(default=None, repr=False)
+    gallery: int = 2
+    progress: bool = True
+    max_pixels: int | None = None
+    trust: bool = False
+
+    def __post_init__(self) -> None:
+        from ..methods import get_method
+
+        check_bench_options(limit=self.limit, steps=self.steps, conf=self.conf, match_iou=self.match_iou,
+                            threshold=self.threshold, tolerance=self.tolerance, gallery=self.gallery,
+                            imgsz=self.imgsz, max_pixels=self.max_pixels)
+        self.out = Path(self.out)
+        check_output_folder(self.out, [a for a in (self.annotations,) if isinstance(a, (str, Path))],
+                            scanned=[i for i in (self.images,) if isinstance(i, (str, Path))],
+                            own=[self.out / SYNTHETIC_DIR])
+        self.methods = [str(m).strip().lower() for m in self.methods if str(m).strip()]
+        if not self.methods:
+            raise BenchError("no methods given; pass e.g. methods=['gradcam', 'layercam']")
+        for method in self.methods:
+            get_method(method)  # unknown names fail here, before any work
+        self.class_map = read_class_map(self.class_map)
+        if self.faithfulness is None:
+            self.faithfulness = self.limit is not None and self.limit <= FAITHFULNESS_AUTO_LIMIT
+
+    def settings(self, categories: list[str], class_map: dict[str, str], device: str) -> dict[str, Any]:
+        """The ``config`` section of results.json, given what the run resolved (mapped categories and classes)."""
+        model = str(self.model) if not hasattr(self.model, "model") else type(self.model).__name__
+        return {"model": model, "annotations": str(Path(self.annotations).resolve()),
+                "images": str(Path(self.images).resolve()), "methods": list(self.methods),
+                "categories": categories, "limit": self.limit, "seed": self.seed,
+                "faithfulness": bool(self.faithfulness), "steps": int(self.steps),
+                "tolerance": float(self.tolerance), "threshold": float(self.threshold),
+                "match_iou": float(self.match_iou), "conf": float(self.conf), "class_map": class_map,
+                "extra": {"explain_model": self.explain_model is not None, "device": device, "imgsz": self.imgsz,
+                          "arch": self.arch, "max_pixels": self.max_pixels}}
+
+
+def resume_key(settings: dict[str, Any]) -> dict[str, Any]:
+    """What must not change between a run and its resume: the settings less ``limit`` and ``extra``."""
+    return {k: v for k, v in settings.items() if k not in ("limit", "extra")}
