@@ -1,4 +1,5 @@
-"""COCO ground truth, read once for the audit and the benchmark: checked, indexed, matched to a model.
+"""Ground truth, read once for the audit and the benchmark: COCO files (checked, indexed, matched to a model)
+and label PNGs.
 
 One reader so that both front ends refuse the same bad files with the same words: a file without
 ``categories`` (every mask would "disagree with ground truth"), annotations without ``id`` (given one),
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import torch
+from torch import Tensor
 
 __all__ = ["read_coco", "coco_index", "annotation_mask", "CocoGroundTruth", "load_coco", "map_classes",
-           "keep_categories", "ignored_categories", "norm_name"]
+           "keep_categories", "ignored_categories", "norm_name", "Truth", "read_label_png", "truth_from_labels",
+           "CocoTruth"]
 
 
 def read_coco(source: str | Path | dict, what: str | None = None) -> tuple[dict[str, Any], str]:
@@ -225,15 +229,7 @@ def ignored_categories(data: dict[str, Any], mapped: set[int]) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- per-image truth
 # The audit's ground truth of one image: label PNGs (pixel value = class id) or COCO annotations, both as
-# instance masks with the model's class ids. Imported here, below the COCO readers, so the two sections stay
-# independent of each other's imports.
-
-from dataclasses import dataclass  # noqa: E402
-
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-__all__ += ["Truth", "read_label_png", "truth_from_labels", "CocoTruth"]
+# instance masks with the model's class ids.
 
 
 @dataclass
