@@ -230,8 +230,7 @@ def refusal(path: Path | str, qualname: str, family: str, call: bool = False) ->
     words = _FAMILY_WORDS.get(family, family)
     what = (f"calls {qualname}, which dsxai's allow-list for {words} checkpoints lets it rebuild but not call"
             if call else f"asks for {qualname}, which is not on dsxai's allow-list for {words} checkpoints")
-    return (f"refusing to load {path}: its pickle {what}; if you trust this file, pass trust=True "
-            "(CLI: --trust-checkpoint)")
+    return (f"refusing to load {path}: its pickle {what}; if you trust this file, pass trust=True")
 
 
 def load_checkpoint(path: str | Path, family: str, trust: bool = False) -> Any:

@@ -164,7 +164,7 @@ def _load_path(path: Path, arch: str | None, device: Any, trust: bool, options: 
     read_state_dict(path, trust)  # an unknown pickle is read as a state dict: refused names are named
     raise ValueError(
         f"{path} holds a bare state dict (weights without the architecture); pass arch=, one of "
-        f"{', '.join(TORCHVISION_ARCHS[:4])}, ... or 'smp:<Architecture>:<encoder>' (CLI: --arch)"
+        f"{', '.join(TORCHVISION_ARCHS[:4])}, ... or 'smp:<Architecture>:<encoder>'"
     )
 
 

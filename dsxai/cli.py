@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from ._version import __version__
-from .commands import CommandError
+from .commands import CommandError, in_flag_words
 
 #: subcommand modules, in the order ``dsxai --help`` lists them
 COMMANDS = ("explain", "bench", "audit", "layers", "demo")
@@ -45,5 +45,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dsxai: interrupted", file=sys.stderr)
         return 130
     except (CommandError, FileNotFoundError, ValueError, TypeError, ImportError, RuntimeError, OSError) as exc:
-        print(f"dsxai {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dsxai {args.command}: error: {in_flag_words(str(exc))}", file=sys.stderr)
         return 2

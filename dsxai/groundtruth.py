@@ -205,7 +205,7 @@ def map_classes(class_names: dict[int, str], categories: dict[int, str],
     if not out:
         raise ValueError(f"no model class maps to a category of the annotations: model classes "
                          f"{_preview(class_names)}, COCO categories {_preview(categories)}; pass a class map "
-                         "{\"model_class_name_or_id\": \"coco_category_name\"} (class_map=, --class-map FILE)")
+                         "{\"model_class_name_or_id\": \"coco_category_name\"} (class_map=)")
     return out
 
 

@@ -87,7 +87,7 @@ def _check_pixels(array: np.ndarray, what: str, max_pixels: int | None) -> None:
     h, w = array.shape[:2]
     if h * w > limit:
         raise ValueError(f"{what} is {w}x{h} = {h * w / 1e6:.1f} megapixels, above the limit of "
-                         f"{limit / 1e6:g}; downscale it or raise the limit (max_pixels=, --max-pixels)")
+                         f"{limit / 1e6:g}; downscale it or raise the limit (max_pixels=)")
 
 
 def _read_file(path: Path) -> np.ndarray:

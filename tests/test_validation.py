@@ -166,7 +166,7 @@ def test_exif_orientation_is_applied_as_pil_does(tmp_path, orientation):
 def test_pixel_limit_is_documented_and_can_be_raised(tmp_path):
     big = np.zeros((7000, 7000, 3), np.uint8)  # 49 megapixels, above MAX_PIXELS
     assert 7000 * 7000 > imaging.MAX_PIXELS
-    with pytest.raises(ValueError, match=r"7000x7000 = 49.0 megapixels, above the limit of 40.*max-pixels"):
+    with pytest.raises(ValueError, match=r"7000x7000 = 49.0 megapixels, above the limit of 40.*max_pixels="):
         imaging.load_image(big)
     assert imaging.load_image(big, max_pixels=50_000_000).shape == big.shape
     small = tmp_path / "small.png"
@@ -319,3 +319,10 @@ def test_explain_records_the_orientation_it_applied(tmp_path, capsys):
 
     ex = explain("yolov8n.yaml", [path], conf=1e-6, max_dets=1, adapter_options={"imgsz": 160})
     assert ex.settings["exif_orientation"] == [6] and ex.images[0].shape == (128, 96, 3)
+
+
+def test_the_cli_names_flags_where_the_library_names_options():
+    from dsxai.commands import in_flag_words
+
+    said = "too big; raise the limit (max_pixels=); pass trust=True; pass arch=, one of x"
+    assert in_flag_words(said) == "too big; raise the limit (--max-pixels); pass --trust-checkpoint; pass --arch, one of x"

@@ -15,6 +15,18 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
+#: the library's words for an option -> the flag that sets it; the library never speaks in flags
+FLAG_WORDS = {"trust=True": "--trust-checkpoint", "arch=": "--arch", "max_pixels=": "--max-pixels",
+              "class_map=": "--class-map FILE"}
+
+
+def in_flag_words(message: str) -> str:
+    """A library error message with each option named as the command-line flag that sets it."""
+    for words, flag in FLAG_WORDS.items():
+        message = message.replace(words, flag)
+    return message
+
+
 TRUST_HELP = ("unpickle the checkpoint with full pickle, which runs any code a crafted file holds; only for files "
               "you trust (default: only allow-listed model classes are rebuilt)")
 
