@@ -20,7 +20,7 @@ from torch import Tensor
 from .boxes import box_masks
 from .detections import Detections
 from .imaging import ImageLike, load_images
-from .metrics import energy_pointing_game
+from .metrics import baseline_maps, energy_pointing_game
 from .render import render_detections, render_grid, render_masks, render_panels, write_png
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
 
@@ -40,42 +40,57 @@ _STYLES = ("fused", "grid", "masks")
 # ----------------------------------------------------------------------------------------------- figures
 
 
+#: a box covering more than this share of the image holds most of any map: its energy in box says little
+LARGE_BOX = 0.5
+
+
 def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
-    """Per map: what it explains and where it points.
+    """Per map: what it explains, where it points, and whether it says more than its box.
 
     Keys: ``index``, ``label``, ``name``, ``score``, ``box`` (xyxy), ``peak`` ([x, y] pixel of the
     maximum), ``peak_value``, ``peak_in_box``, ``energy_in_box`` (share of the map's mass inside its
     own box), ``no_evidence`` (the map is all zero: nothing positive at the explained layers, see
-    ``dsxai.engine.warn_no_evidence``) and, when the detections have masks, ``peak_in_mask`` and
-    ``energy_in_mask``.
+    ``dsxai.engine.warn_no_evidence``), ``box_share`` (the box's share of the image) and ``large_box``
+    (``box_share > LARGE_BOX``: energy in box is near 1 for any map there), ``prior_energy_in_box`` (the
+    same figure for the box prior, a Gaussian at the box centre: what the box alone says).
+    When the detections have masks, also ``peak_in_mask``, ``energy_in_mask``, ``prior_energy_in_mask`` and
+    ``beats_box_prior`` (the map puts more of its mass in the object's mask than the box prior does: it says
+    more than its box); without masks ``beats_box_prior`` is None (a box alone cannot tell).
     """
     if len(detections) != len(maps):
         raise ValueError(f"got {len(maps)} maps for {len(detections)} detections")
     if len(maps) == 0:
         return []
     h, w = maps.shape[-2:]
-    flat = maps.flatten(1)
-    peak_value, peak = flat.max(1)
+    peak_value, peak = maps.flatten(1).max(1)
     py, px = peak // w, peak % w
-    boxes = box_masks(detections.boxes, (h, w), maps.device)
-    has = peak_value > 0  # an all-zero map: its peak and shares say nothing (the layer gave no evidence)
     rows = torch.arange(len(maps), device=maps.device)
-    in_box, box_share = boxes[rows, py, px], energy_pointing_game(maps, boxes)
-    masks = None if detections.masks is None else detections.masks.to(maps.device)
+    boxes = box_masks(detections.boxes, (h, w), maps.device)
+    prior = baseline_maps("box_gaussian", detections.boxes.to(maps.device), (h, w))
+    cols = {"peak_in_box": boxes[rows, py, px], "energy_in_box": energy_pointing_game(maps, boxes),
+            "prior_energy_in_box": energy_pointing_game(prior, boxes),
+            "box_share": boxes.flatten(1).float().mean(1)}
+    masks = None if detections.masks is None else detections.masks.to(maps.device).bool()
     if masks is not None:
-        in_mask, mask_share = masks[rows, py, px], energy_pointing_game(maps, masks)
-    figures = []
-    for k, (box, label, score, name) in enumerate(zip(detections.boxes.tolist(), detections.labels.tolist(),
-                                                       detections.scores.tolist(), detections.names)):
-        fig = {"index": k, "label": int(label), "name": name, "score": round(float(score), 6),
-               "box": [round(float(v), 2) for v in box], "peak": [int(px[k]), int(py[k])],
-               "peak_value": round(float(peak_value[k]), 6), "peak_in_box": bool(in_box[k]),
-               "energy_in_box": round(float(box_share[k]), 6), "no_evidence": not bool(has[k])}
-        if masks is not None:
-            fig["peak_in_mask"] = bool(in_mask[k])
-            fig["energy_in_mask"] = round(float(mask_share[k]), 6)
-        figures.append(fig)
-    return figures
+        cols.update(peak_in_mask=masks[rows, py, px], energy_in_mask=energy_pointing_game(maps, masks),
+                    prior_energy_in_mask=energy_pointing_game(prior, masks))
+    has = peak_value > 0  # an all-zero map: its peak and shares say nothing (the layer gave no evidence)
+    return [_figure(k, detections, px, py, peak_value, has, cols) for k in range(len(maps))]
+
+
+def _figure(k: int, detections: Detections, px: Tensor, py: Tensor, peak_value: Tensor, has: Tensor,
+            cols: dict[str, Tensor]) -> dict[str, Any]:
+    fig = {"index": k, "label": int(detections.labels[k]), "name": detections.names[k],
+           "score": round(float(detections.scores[k]), 6),
+           "box": [round(float(v), 2) for v in detections.boxes[k].tolist()], "peak": [int(px[k]), int(py[k])],
+           "peak_value": round(float(peak_value[k]), 6), "no_evidence": not bool(has[k])}
+    for key, values in cols.items():
+        value = values[k]
+        fig[key] = bool(value) if value.dtype == torch.bool else round(float(value), 6)
+    fig["large_box"] = fig["box_share"] > LARGE_BOX
+    fig["beats_box_prior"] = (bool(has[k]) and fig["energy_in_mask"] > fig["prior_energy_in_mask"]
+                              if "energy_in_mask" in fig else None)
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------- Explanation

@@ -75,3 +75,32 @@ def test_conversions():
 def test_wrong_box_shape_names_the_expected_layout():
     with pytest.raises(ValueError, match=r"xyxy rows \[N, 4\]"):
         box_masks(torch.zeros(2, 3), (4, 4))
+
+
+def _dets(boxes, masks=None, size=(40, 40)):
+    n = len(boxes)
+    return Detections(boxes=torch.tensor(boxes, dtype=torch.float32), scores=torch.ones(n),
+                      labels=torch.zeros(n, dtype=torch.long), image_size=size, masks=masks)
+
+
+def test_figures_flag_boxes_that_cover_most_of_the_image():
+    figures = map_figures(_dets([[0, 0, 40, 40], [5, 5, 15, 15]]), torch.rand(2, 40, 40))
+    assert figures[0]["large_box"] and figures[0]["box_share"] == 1.0 and figures[0]["energy_in_box"] == 1.0
+    assert not figures[1]["large_box"] and figures[1]["box_share"] == pytest.approx(100 / 1600)
+    assert figures[1]["beats_box_prior"] is None  # a box alone cannot tell
+
+
+def test_figures_say_whether_a_map_beats_the_box_prior_on_the_mask():
+    from dsxai.metrics import baseline_maps
+
+    box = [[10.0, 10.0, 30.0, 30.0]]
+    mask = torch.zeros(1, 40, 40, dtype=torch.bool)
+    mask[0, 10:30, 10:17] = True  # an object along the box's left edge: the centre prior misses most of it
+    on_object = mask.float()
+    prior = baseline_maps("box_gaussian", torch.tensor(box), (40, 40))
+    good = map_figures(_dets(box, mask), on_object)[0]
+    assert good["energy_in_mask"] == 1.0 and good["prior_energy_in_mask"] < 0.5 and good["beats_box_prior"]
+    same = map_figures(_dets(box, mask), prior)[0]
+    assert same["energy_in_mask"] == same["prior_energy_in_mask"] and not same["beats_box_prior"]
+    blank = map_figures(_dets(box, mask), torch.zeros(1, 40, 40))[0]
+    assert blank["no_evidence"] and not blank["beats_box_prior"]
