@@ -86,8 +86,9 @@ class BenchConfig:
     class_map: ``{model_class_name_or_id: coco_category_name}`` or a JSON file of it (read here). seed: torch
     and the bootstrap. resume: skip images finished in ``out/journal.jsonl`` (same settings required).
     faithfulness: deletion / insertion AUCs, off unless asked (``2 + 2 M T (K - 1)`` forwards per image; see
-    :mod:`dsxai.bench.faithfulness`). steps: K of those curves. batch_size: perturbed images per forward. tolerance: pointing-game tolerance in pixels; threshold: binarisation
-    threshold of the IoU metrics; match_iou: detection-to-object IoU of a pair; conf: detection threshold.
+    :mod:`dsxai.bench.faithfulness`). steps: K of those curves. batch_size: perturbed images per forward.
+    tolerance: pointing-game tolerance in pixels; threshold: binarisation threshold of the IoU metrics;
+    match_iou: detection-to-object IoU of a pair; conf: detection threshold.
     explain_model: maps from this module (e.g. :func:`randomized_copy`), detections from the adapter's model.
     gallery: best and worst pairs drawn per method (0 = none). trust: full-pickle checkpoint loading.
     max_pixels: refuse larger images (default ``dsxai.imaging.MAX_PIXELS``).

@@ -158,7 +158,8 @@ def process_image(setup: BenchSetup, image_id: int) -> dict[str, Any]:
             "seconds": timing}
 
 
-def _scorer(setup: BenchSetup, objs: dict[str, Any], pairs: list[tuple[int, int, float]]) -> Callable[[Tensor], list[dict[str, Any]]]:
+def _scorer(setup: BenchSetup, objs: dict[str, Any],
+            pairs: list[tuple[int, int, float]]) -> Callable[[Tensor], list[dict[str, Any]]]:
     """Maps ``[T, H, W]`` of the matched detections -> their scores against the matched objects (deletion /
     insertion are added by :func:`dsxai.bench.faithfulness.image_faithfulness`, all map kinds at once)."""
     cfg = setup.cfg

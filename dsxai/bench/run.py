@@ -41,8 +41,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     """
     cfg = BenchConfig(model, annotations, images, out, methods=methods, limit=limit, categories=categories,
                       class_map=class_map, seed=seed, device=device, resume=resume, imgsz=imgsz, arch=arch,
-                      faithfulness=faithfulness, steps=steps, batch_size=batch_size, tolerance=tolerance, threshold=threshold,
-                      match_iou=match_iou, conf=conf, explain_model=explain_model, gallery=gallery,
+                      faithfulness=faithfulness, steps=steps, batch_size=batch_size, tolerance=tolerance,
+                      threshold=threshold, match_iou=match_iou, conf=conf, explain_model=explain_model, gallery=gallery,
                       progress=progress, max_pixels=max_pixels, trust=trust)
     cfg.out.mkdir(parents=True, exist_ok=True)
     setup = _setup(cfg)
