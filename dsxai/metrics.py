@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +59,8 @@ __all__ = [
     "Faithfulness",
     "blurred",
     "deletion_insertion",
+    "deletion_insertion_batch",
+    "faithfulness_forwards",
     "IOU_THRESHOLDS",
 ]
 
@@ -303,22 +306,27 @@ def blurred(image: Tensor, sigma: float | None = None) -> Tensor:
     return gaussian_blur(image[None], [k, k], [sigma, sigma])[0]
 
 
-def _match_scores(found: Sequence[Detections], box: Tensor, label: int) -> Tensor:
-    """D-RISE similarity of each perturbed image's detections to one original detection:
-    max over detections of ``IoU(box) * score`` among those of the same class (0 when none)."""
-    out = []
-    for d in found:
-        same = d.labels.cpu() == label
-        if not bool(same.any()):
-            out.append(0.0)
-            continue
-        ious = paired_iou(d.boxes.cpu()[same], box.cpu().expand(int(same.sum()), 4))
-        out.append(float((ious * d.scores.cpu()[same]).max()))
-    return torch.tensor(out, dtype=torch.float32)
+def faithfulness_forwards(targets: int, kinds: int, steps: int) -> int:
+    """Perturbed forwards of one image for ``targets`` detections and ``kinds`` maps of each:
+    ``2 + 2 * kinds * targets * (steps - 1)`` (the original and the fully-deleted image are shared by every
+    curve), 0 when there is nothing to test. Why here: the one formula the run's plan and its counter share."""
+    if targets <= 0 or kinds <= 0:
+        return 0
+    return 2 + 2 * kinds * targets * (steps - 1)
+
+
+def _match_score(found: Detections, box: Tensor, label: int) -> float:
+    """D-RISE similarity of one perturbed image's detections to one original detection: max over detections
+    of ``IoU(box) * score`` among those of the same class (0 when none)."""
+    same = found.labels.cpu() == label
+    if not bool(same.any()):
+        return 0.0
+    ious = paired_iou(found.boxes.cpu()[same].float(), box.cpu().float().expand(int(same.sum()), 4))
+    return float((ious * found.scores.cpu()[same].float()).max())
 
 
 def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: Tensor, steps: int = 20,
-                       baseline: str = "blur", batch_size: int = 16, conf: float = 0.01,
+                       baseline: str = "blur", batch_size: int = 8, conf: float = 0.01,
                        **predict_options: Any) -> Faithfulness:
     """Deletion and insertion curves (D-RISE protocol) of each detection of one image.
 
@@ -329,19 +337,29 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
     forward, confidence threshold ``conf`` so that weakened detections are still seen) and scored as in
     D-RISE: the best ``IoU(found box, original box) * found score`` over found detections of the original's
     class. AUCs use the trapezoid rule over the fraction axis [0, 1] and are raw scores (not divided by the
-    original score), so they lie in [0, 1].
+    original score), so they lie in [0, 1]. :func:`deletion_insertion_batch` does several map kinds at once.
 
-    Args:
-        adapter: a :class:`dsxai.adapter.Adapter` (its ``predict`` is used).
-        image: the original image (anything ``dsxai.imaging.load_image`` takes).
-        detections: the detections to test (``T`` of them), as the adapter found them on ``image``.
-        maps: ``[T, H, W]`` saliency maps over the original image.
-        steps: ``K``, the number of perturbation steps.
-        baseline: ``"blur"`` (Gaussian blur, sigma 5 % of the longer side; the default) or ``"mean"`` (the
-            image's per-channel mean colour, a flat grey-ish image).
-        batch_size: images per ``predict`` call.
-        conf: confidence threshold passed to ``predict``.
-        predict_options: more ``predict`` options (e.g. ``iou``).
+    Args: ``adapter``: its ``predict`` is used; ``image``: the original (anything ``load_image`` takes);
+    ``detections``: the ``T`` to test, as the adapter found them; ``maps``: ``[T, H, W]`` over the original
+    image; ``steps``: K; ``baseline``: ``"blur"`` (Gaussian, sigma 5 % of the longer side; the default) or
+    ``"mean"`` (the image's per-channel mean colour); ``batch_size``: images per ``predict`` call; ``conf``
+    (low, so that weakened detections are still seen) and ``predict_options`` (e.g. ``iou``) go to ``predict``.
+    """
+    predict = partial(adapter.predict, conf=conf, **predict_options)
+    return deletion_insertion_batch(predict, image, detections, [maps], steps, baseline, batch_size)[0]
+
+
+def deletion_insertion_batch(predict: Callable[[list[np.ndarray]], Sequence[Detections]], image: Any,
+                             detections: Detections, maps: Sequence[Tensor], steps: int = 20,
+                             baseline: str = "blur", batch_size: int = 8,
+                             on_forward: Callable[[int], None] | None = None) -> list[Faithfulness]:
+    """:func:`deletion_insertion` of ``M`` map kinds (``maps``: M tensors ``[T, H, W]``) of the same detections,
+    one :class:`Faithfulness` per kind, in :func:`faithfulness_forwards` images.
+
+    Why batched: the perturbed images of a step (every kind x every detection) follow each other, so
+    ``predict`` (images -> their detections, e.g. an adapter's at a low ``conf``) sees chunks of
+    ``batch_size`` and decodes once per chunk; the original and the fully-deleted image are run once.
+    ``on_forward(n)`` is told after each chunk of ``n`` images. The numbers equal one kind at a time.
     """
     from .imaging import load_image
 
@@ -349,67 +367,97 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
         raise ValueError(f"steps must be >= 1; got {steps}")
     if baseline not in ("blur", "mean"):
         raise ValueError(f"unknown baseline {baseline!r}; use 'blur' or 'mean'")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    rgb = load_image(image)
+    kinds = [_check_faith_maps(m, detections, rgb.shape[:2]) for m in maps]
+    t_count = len(detections)
+    if not kinds or t_count == 0:
+        return [Faithfulness(m.new_zeros(0, steps + 1), m.new_zeros(0, steps + 1), m.new_zeros(0), m.new_zeros(0))
+                for m in kinds]
+    plan = _Perturbations(rgb, kinds, steps, baseline)
+    scores = torch.zeros(plan.count, t_count)  # per image: its score against each detection it tests
+    for start in range(0, plan.count, batch_size):
+        index = range(start, min(start + batch_size, plan.count))
+        found = predict([plan.image(i) for i in index])
+        if len(found) != len(index):
+            raise RuntimeError(f"predict returned {len(found)} results for {len(index)} images")
+        if on_forward is not None:
+            on_forward(len(index))
+        for i, dets in zip(index, found):
+            for t in plan.targets(i):
+                scores[i, t] = _match_score(dets, detections.boxes[t].reshape(1, 4), int(detections.labels[t]))
+    return [_kind_curves(plan, scores, m, kinds[m].device) for m in range(len(kinds))]
+
+
+def _check_faith_maps(maps: Tensor, detections: Detections, size: tuple[int, int]) -> Tensor:
+    """``maps`` checked to be one map per detection over the original image."""
     maps = _check_maps(maps)
     if maps.shape[0] != len(detections):
         raise ValueError(f"got {maps.shape[0]} maps for {len(detections)} detections")
-    rgb = load_image(image)
-    if tuple(maps.shape[-2:]) != rgb.shape[:2]:
-        raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the image is {rgb.shape[:2]}; pass maps over the "
+    if tuple(maps.shape[-2:]) != tuple(size):
+        raise ValueError(f"maps are {tuple(maps.shape[-2:])} but the image is {tuple(size)}; pass maps over the "
                          "original image (as dsxai.pipeline.explain_maps returns them)")
-    device = maps.device
-    if maps.shape[0] == 0:
-        empty = torch.zeros(0, steps + 1, device=device)
-        return Faithfulness(empty, empty.clone(), torch.zeros(0, device=device), torch.zeros(0, device=device))
-    jobs = _perturbed_images(rgb, maps, steps, baseline)
-    found: list[Detections] = []
-    opts = dict(predict_options, conf=conf)
-    for start in range(0, len(jobs), batch_size):
-        found.extend(adapter.predict(jobs[start:start + batch_size], **opts))
-    deletion, insertion = _curves(found, detections, steps)
-    deletion, insertion = deletion.to(device), insertion.to(device)
-    return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))
+    return maps
 
 
-def _perturbed_images(rgb: np.ndarray, maps: Tensor, steps: int, baseline: str) -> list[np.ndarray]:
-    """The images to score, in the order :func:`_curves` reads them: the original, the full baseline, then
-    per map the inner deletion steps ``1..K-1`` and the inner insertion steps."""
-    device = maps.device
-    t_count, (h, w) = maps.shape[0], rgb.shape[:2]
-    original = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float()
-    base = blurred(original) if baseline == "blur" else original.mean((1, 2), keepdim=True).expand_as(original).clone()
-    # rank of each pixel in the saliency order (0 = most salient), ties in raster order
-    order = torch.argsort(-maps.flatten(1), dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(h * w, device=device).expand(t_count, -1))
-    counts = [int(round(k / steps * h * w)) for k in range(1, steps)]
+class _Perturbations:
+    """The perturbed images of one image, built on demand in step-major order: 0 the original, 1 the fully
+    deleted (baseline) image, then for each inner step ``k = 1..K-1``, deletion then insertion, every curve
+    ``j = kind * T + detection``. Why lazy: only a chunk of images is ever held."""
 
-    def compose(t: int, k_count: int, mode: str) -> np.ndarray:
-        top = (rank[t] < k_count).view(1, h, w)
-        img = torch.where(top, base, original) if mode == "deletion" else torch.where(top, original, base)
+    def __init__(self, rgb: np.ndarray, kinds: list[Tensor], steps: int, baseline: str) -> None:
+        device = kinds[0].device
+        self.rgb, self.steps, self.t_count, self.size = rgb, steps, kinds[0].shape[0], rgb.shape[:2]
+        self.curves = len(kinds) * self.t_count
+        h, w = self.size
+        self.original = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float()
+        self.base = (blurred(self.original) if baseline == "blur"
+                     else self.original.mean((1, 2), keepdim=True).expand_as(self.original).clone())
+        ranks = []
+        for maps in kinds:  # rank of each pixel in the saliency order (0 = most salient), ties in raster order
+            order = torch.argsort(-maps.to(device).flatten(1), dim=1, stable=True)
+            rank = torch.arange(h * w, dtype=torch.int32, device=device).expand_as(order)
+            ranks.append(torch.empty(order.shape, dtype=torch.int32, device=device).scatter_(1, order, rank))
+        self.rank = torch.cat(ranks)  # [curves, H * W]
+        self.counts = [int(round(k / steps * h * w)) for k in range(1, steps)]
+        self.count = faithfulness_forwards(self.t_count, len(kinds), steps)
+
+    def locate(self, i: int) -> tuple[int, int, int]:
+        """``(inner step 0..K-2, mode 0 deletion / 1 insertion, curve)`` of image ``i >= 2``."""
+        step, rest = divmod(i - 2, 2 * self.curves)
+        return (step, *divmod(rest, self.curves))
+
+    def targets(self, i: int) -> range:
+        """The detections image ``i`` is scored against: all for the two shared images, else its curve's."""
+        t = self.locate(i)[2] % self.t_count if i >= 2 else None
+        return range(self.t_count) if t is None else range(t, t + 1)
+
+    def image(self, i: int) -> np.ndarray:
+        """Perturbed image ``i`` as ``H x W x 3`` uint8."""
+        if i < 2:
+            return self.rgb if i == 0 else self._bytes(self.base)
+        step, mode, curve = self.locate(i)
+        top = (self.rank[curve] < self.counts[step]).view(1, *self.size)
+        removed, kept = (self.base, self.original) if mode == 0 else (self.original, self.base)
+        return self._bytes(torch.where(top, removed, kept))
+
+    @staticmethod
+    def _bytes(img: Tensor) -> np.ndarray:
         return img.round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
 
-    jobs: list[np.ndarray] = [rgb, compose(0, 0, "insertion")]  # k = 0 of deletion / of insertion
-    for t in range(t_count):
-        for mode in ("deletion", "insertion"):
-            jobs.extend(compose(t, c, mode) for c in counts)
-    return jobs
 
-
-def _curves(found: Sequence[Detections], detections: Detections, steps: int) -> tuple[Tensor, Tensor]:
-    """Deletion and insertion curves ``[T, K+1]`` from the detections found on :func:`_perturbed_images`."""
-    t_count, inner = len(detections), steps - 1
-    deletion = torch.zeros(t_count, steps + 1)
-    insertion = torch.zeros(t_count, steps + 1)
+def _kind_curves(plan: _Perturbations, scores: Tensor, kind: int, device: torch.device) -> Faithfulness:
+    """Deletion and insertion curves ``[T, K+1]`` of one map kind from the scores of every perturbed image."""
+    t_count, steps = plan.t_count, plan.steps
+    full, none = scores[0], scores[1]
+    deletion, insertion = torch.zeros(t_count, steps + 1), torch.zeros(t_count, steps + 1)
+    deletion[:, 0], deletion[:, steps], insertion[:, 0], insertion[:, steps] = full, none, none, full
     for t in range(t_count):
-        box, label = detections.boxes[t].cpu().reshape(1, 4), int(detections.labels[t])
-        full, none = _match_scores(found[0:2], box, label)
-        offset = 2 + t * 2 * inner
-        deletion[t, 0], deletion[t, steps] = full, none
-        insertion[t, 0], insertion[t, steps] = none, full
-        if inner:
-            deletion[t, 1:steps] = _match_scores(found[offset:offset + inner], box, label)
-            insertion[t, 1:steps] = _match_scores(found[offset + inner:offset + 2 * inner], box, label)
-    return deletion, insertion
+        first = 2 + torch.arange(steps - 1) * 2 * plan.curves + kind * t_count + t  # deletion images of the curve
+        deletion[t, 1:steps], insertion[t, 1:steps] = scores[first, t], scores[first + plan.curves, t]
+    deletion, insertion = deletion.to(device), insertion.to(device)
+    return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))
 
 
 # ----------------------------------------------------------------------------------------------- baselines

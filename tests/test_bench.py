@@ -145,7 +145,7 @@ def test_a_failing_image_is_recorded_and_the_run_goes_on(adapter, tmp_path):
 def test_cli_synthetic_with_faithfulness(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["bench", "--synthetic", "--scenes", "2", "--methods", "layercam", "--out", str(out), "--steps",
-                 "2", "--gallery", "0", "--no-progress"])
+                 "2", "--gallery", "0", "--no-progress", "--faithfulness"])
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "results.json").read_text())
     assert data["config"]["faithfulness"] is True and data["config"]["steps"] == 2

@@ -7,7 +7,8 @@
    (IoU >= 0.5, crowd annotations ignored). Unmatched detections and missed objects are counted.
 2. Each matched (detection, object) pair is scored, for every method and for three baselines, with the
    metrics of :mod:`dsxai.metrics` against the object's box and (when the json has segmentations) its mask;
-   optionally with deletion / insertion AUCs (:func:`dsxai.metrics.deletion_insertion`, costly).
+   optionally (``faithfulness=True``) with deletion / insertion AUCs of every map kind in one batched run
+   per image (:mod:`dsxai.bench.faithfulness`; the run prints its forward count and an estimate first).
 3. Results are appended per image to ``journal.jsonl`` (:class:`dsxai.runs.Journal`; ``resume=True`` skips
    finished images; a failing image is recorded with its error and the run goes on), then aggregated: mean
    and a seeded 95 % bootstrap CI per metric and method, a per-category breakdown, ``results.json``,
@@ -21,13 +22,14 @@ Class mapping: :func:`dsxai.groundtruth.map_classes` (by name, else torchvision-
 user's ``{model_class_name_or_id: coco_category_name}`` map).
 
 Modules: ``config`` (options, checked once), ``score`` (matching and metrics, no model), ``per_image``
-(the model's part), ``report`` (aggregation and files), ``run`` (the recipe), ``synthetic`` (shapes scenes).
+(the model's part), ``faithfulness`` (deletion / insertion of all map kinds batched, the forward plan),
+``report`` (aggregation and files), ``run`` (the recipe), ``synthetic`` (shapes scenes).
 """
 from __future__ import annotations
 
 from ..groundtruth import CocoGroundTruth, load_coco, map_classes
 from ..metrics import BASELINES, baseline_maps
-from .config import (CONFIG, DEFAULT_METHODS, FAITHFULNESS_AUTO_LIMIT, JOURNAL, MANIFEST, METRICS, PAIRS, RESULTS,
+from .config import (CONFIG, DEFAULT_METHODS, JOURNAL, MANIFEST, METRICS, PAIRS, RESULTS,
                      SUMMARY, SYNTHETIC_DIR, BenchConfig, BenchError, check_bench_options)
 from .per_image import load_bench_adapter, randomized_copy
 from .run import run_benchmark
@@ -35,7 +37,7 @@ from .score import bootstrap_ci, match_detections, score_pairs
 from .synthetic import write_synthetic_coco
 
 __all__ = [
-    "METRICS", "BASELINES", "DEFAULT_METHODS", "FAITHFULNESS_AUTO_LIMIT", "SYNTHETIC_DIR",
+    "METRICS", "BASELINES", "DEFAULT_METHODS", "SYNTHETIC_DIR",
     "JOURNAL", "CONFIG", "RESULTS", "PAIRS", "SUMMARY", "MANIFEST",
     "BenchError", "BenchConfig", "check_bench_options",
     "CocoGroundTruth", "load_coco", "map_classes",

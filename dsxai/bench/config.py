@@ -15,7 +15,7 @@ from ..runs import check_output_folder
 from ..validation import check_conf, check_imgsz, check_max_pixels, check_non_negative, check_positive_int, \
     check_steps
 
-__all__ = ["METRICS", "DEFAULT_METHODS", "FAITHFULNESS_AUTO_LIMIT", "JOURNAL", "CONFIG", "RESULTS", "PAIRS",
+__all__ = ["METRICS", "DEFAULT_METHODS", "JOURNAL", "CONFIG", "RESULTS", "PAIRS",
            "SUMMARY", "MANIFEST", "SYNTHETIC_DIR", "BenchError", "BenchConfig", "check_bench_options", "read_class_map",
            "resume_key"]
 
@@ -25,8 +25,6 @@ METRICS: tuple[str, ...] = (
     "iou_box_mean_thr", "iou_mask_mean_thr", "loc_acc_box", "deletion_auc", "insertion_auc",
 )
 DEFAULT_METHODS: tuple[str, ...] = ("eigencam", "gradcam", "hirescam", "layercam")
-#: faithfulness is on by default only for runs of at most this many images (``faithfulness=None``)
-FAITHFULNESS_AUTO_LIMIT = 50
 #: the files of a run in ``out`` (``manifest.json`` lists exactly those of the last run)
 JOURNAL, CONFIG, RESULTS, PAIRS, SUMMARY, MANIFEST = ("journal.jsonl", "config.json", "results.json", "pairs.csv",
                                                       "summary.md", "manifest.json")
@@ -40,12 +38,13 @@ class BenchError(ValueError):
 
 def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25, match_iou: Any = 0.5,
                         threshold: Any = 0.5, tolerance: Any = 15.0, gallery: Any = 2, imgsz: Any = None,
-                        max_pixels: Any = None) -> None:
+                        max_pixels: Any = None, batch_size: Any = 8) -> None:
     """The numeric options of :func:`dsxai.bench.run_benchmark`, refused (BenchError) before any output."""
     try:
         if limit is not None:
             check_positive_int("limit", limit)
         check_steps(steps)
+        check_positive_int("batch_size", batch_size)
         check_conf(conf)
         check_conf(match_iou, "match_iou")
         check_conf(threshold, "threshold")
@@ -86,9 +85,10 @@ class BenchConfig:
     object of a benchmarked category. categories: COCO category names to keep (default: every mapped one).
     class_map: ``{model_class_name_or_id: coco_category_name}`` or a JSON file of it (read here). seed: torch
     and the bootstrap. resume: skip images finished in ``out/journal.jsonl`` (same settings required).
-    faithfulness: deletion / insertion AUCs; ``None`` = on only when ``limit <= FAITHFULNESS_AUTO_LIMIT``
-    (costly). steps: K of those curves. tolerance: pointing-game tolerance in pixels; threshold: binarisation
-    threshold of the IoU metrics; match_iou: detection-to-object IoU of a pair; conf: detection threshold.
+    faithfulness: deletion / insertion AUCs, off unless asked (``2 + 2 M T (K - 1)`` forwards per image; see
+    :mod:`dsxai.bench.faithfulness`). steps: K of those curves. batch_size: perturbed images per forward.
+    tolerance: pointing-game tolerance in pixels; threshold: binarisation threshold of the IoU metrics;
+    match_iou: detection-to-object IoU of a pair; conf: detection threshold.
     explain_model: maps from this module (e.g. :func:`randomized_copy`), detections from the adapter's model.
     gallery: best and worst pairs drawn per method (0 = none). trust: full-pickle checkpoint loading.
     max_pixels: refuse larger images (default ``dsxai.imaging.MAX_PIXELS``).
@@ -107,8 +107,9 @@ class BenchConfig:
     resume: bool = False
     imgsz: int | None = None
     arch: str | None = None
-    faithfulness: bool | None = None
+    faithfulness: bool = False
     steps: int = 20
+    batch_size: int = 8
     tolerance: float = 15.0
     threshold: float = 0.5
     match_iou: float = 0.5
@@ -124,7 +125,7 @@ class BenchConfig:
 
         check_bench_options(limit=self.limit, steps=self.steps, conf=self.conf, match_iou=self.match_iou,
                             threshold=self.threshold, tolerance=self.tolerance, gallery=self.gallery,
-                            imgsz=self.imgsz, max_pixels=self.max_pixels)
+                            imgsz=self.imgsz, max_pixels=self.max_pixels, batch_size=self.batch_size)
         self.out = Path(self.out)
         check_output_folder(self.out, [a for a in (self.annotations,) if isinstance(a, (str, Path))],
                             scanned=[i for i in (self.images,) if isinstance(i, (str, Path))],
@@ -135,8 +136,7 @@ class BenchConfig:
         for method in self.methods:
             get_method(method)  # unknown names fail here, before any work
         self.class_map = read_class_map(self.class_map)
-        if self.faithfulness is None:
-            self.faithfulness = self.limit is not None and self.limit <= FAITHFULNESS_AUTO_LIMIT
+        self.faithfulness = bool(self.faithfulness)
 
     def settings(self, categories: list[str], class_map: dict[str, str], device: str) -> dict[str, Any]:
         """The ``config`` section of results.json, given what the run resolved (mapped categories and classes)."""
@@ -148,7 +148,7 @@ class BenchConfig:
                 "tolerance": float(self.tolerance), "threshold": float(self.threshold),
                 "match_iou": float(self.match_iou), "conf": float(self.conf), "class_map": class_map,
                 "extra": {"explain_model": self.explain_model is not None, "device": device, "imgsz": self.imgsz,
-                          "arch": self.arch, "max_pixels": self.max_pixels}}
+                          "arch": self.arch, "max_pixels": self.max_pixels, "batch_size": self.batch_size}}
 
 
 def resume_key(settings: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from ..boxes import box_iou
 from ..detections import Detections
 from ..groundtruth import CocoGroundTruth
 from ..imaging import load_image
-from ..metrics import deletion_insertion
 from ..pipeline import explain_maps
 from .config import BenchConfig, BenchError
+from .faithfulness import ForwardCounter, add_faithfulness, image_faithfulness
 from .score import match_detections, score_baselines, score_maps
 
 __all__ = ["BenchSetup", "load_bench_adapter", "randomized_copy", "explain_image", "process_image"]
@@ -35,6 +35,8 @@ class BenchSetup:
     adapter: Any
     gt: CocoGroundTruth
     class_to_cat: dict[int, int]
+    #: counts the faithfulness forwards (and advances the run's bar) when the run measures faithfulness
+    forwards: ForwardCounter | None = None
 
     @property
     def category_ids(self) -> list[int]:
@@ -124,6 +126,7 @@ def process_image(setup: BenchSetup, image_id: int) -> dict[str, Any]:
     reference: Detections | None = None
     pairs: list[tuple[int, int, float]] = []
     per_method: dict[str, list[dict[str, Any]]] = {}
+    maps_of: dict[str, Tensor] = {}
     timing: dict[str, float] = {}
     for method in cfg.methods:
         t0 = time.perf_counter()
@@ -136,33 +139,35 @@ def process_image(setup: BenchSetup, image_id: int) -> dict[str, Any]:
                                      objs["categories"], cfg.match_iou)
             if not pairs:
                 break
-            score = _scorer(setup, image, objs, pairs, reference)
+            score = _scorer(setup, objs, pairs)
         index = align(reference, dets)
-        per_method[method] = score(maps[[index[d] for d, _, _ in pairs]])
+        maps_of[method] = maps[[index[d] for d, _, _ in pairs]]
+        per_method[method] = score(maps_of[method])
     per_baseline: dict[str, list[dict[str, Any]]] = {}
     if pairs:
         boxes = reference.boxes[[d for d, _, _ in pairs]].to(setup.adapter.device)
         per_baseline = score_baselines(boxes, (h, w), score)
+        if cfg.faithfulness:
+            t0 = time.perf_counter()
+            faith = image_faithfulness(setup, image, reference[[d for d, _, _ in pairs]], maps_of, setup.forwards)
+            add_faithfulness({**per_method, **per_baseline}, faith)
+            timing["faithfulness"] = time.perf_counter() - t0
     return {"image_id": image_id, "file_name": info["file_name"], "status": "ok",
             "counts": _counts(len(objs["ann_ids"]), 0 if reference is None else len(reference), len(pairs)),
             "pairs": _pair_info(gt, objs, reference, pairs), "methods": per_method, "baselines": per_baseline,
             "seconds": timing}
 
 
-def _scorer(setup: BenchSetup, image: np.ndarray, objs: dict[str, Any], pairs: list[tuple[int, int, float]],
-            reference: Detections) -> Callable[[Tensor], list[dict[str, Any]]]:
-    """Maps ``[T, H, W]`` of the matched detections -> their scores against the matched objects (with
-    deletion / insertion when the run measures faithfulness)."""
+def _scorer(setup: BenchSetup, objs: dict[str, Any],
+            pairs: list[tuple[int, int, float]]) -> Callable[[Tensor], list[dict[str, Any]]]:
+    """Maps ``[T, H, W]`` of the matched detections -> their scores against the matched objects (deletion /
+    insertion are added by :func:`dsxai.bench.faithfulness.image_faithfulness`, all map kinds at once)."""
     cfg = setup.cfg
     g_idx = [g for _, g, _ in pairs]
     gt_boxes = torch.from_numpy(objs["boxes"][g_idx])
     gt_masks = None if objs["masks"] is None else torch.from_numpy(objs["masks"][g_idx])
-    matched = reference[[d for d, _, _ in pairs]]
-    faith = None
-    if cfg.faithfulness:
-        faith = partial(deletion_insertion, setup.adapter, image, matched, steps=cfg.steps)
     return partial(score_maps, gt_boxes=gt_boxes, gt_masks=gt_masks, tolerance=cfg.tolerance,
-                   threshold=cfg.threshold, faithfulness=faith)
+                   threshold=cfg.threshold)
 
 
 def _counts(gt: int, detections: int, matched: int) -> dict[str, int]:

@@ -14,6 +14,7 @@ from torch import nn
 from ..groundtruth import ignored_categories, keep_categories, load_coco, map_classes
 from ..runs import Journal, Progress, SettingsChanged, journal_path, write_atomic, write_manifest
 from .config import CONFIG, DEFAULT_METHODS, JOURNAL, MANIFEST, RESULTS, BenchConfig, BenchError, resume_key
+from .faithfulness import ForwardCounter, plan_forwards
 from .per_image import BenchSetup, load_bench_adapter, process_image
 from .report import aggregate, write_gallery, write_outputs
 
@@ -26,7 +27,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   methods: Sequence[str] = DEFAULT_METHODS, limit: int | None = None,
                   categories: Sequence[str] | None = None, class_map: dict[str, str] | str | Path | None = None,
                   seed: int = 0, device: str | None = None, resume: bool = False, imgsz: int | None = None,
-                  arch: str | None = None, faithfulness: bool | None = None, steps: int = 20,
+                  arch: str | None = None, faithfulness: bool = False, steps: int = 20, batch_size: int = 8,
                   tolerance: float = 15.0, threshold: float = 0.5, match_iou: float = 0.5, conf: float = 0.25,
                   explain_model: nn.Module | None = None, gallery: int = 2, progress: bool = True,
                   max_pixels: int | None = None, trust: bool = False) -> dict[str, Any]:
@@ -40,8 +41,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     """
     cfg = BenchConfig(model, annotations, images, out, methods=methods, limit=limit, categories=categories,
                       class_map=class_map, seed=seed, device=device, resume=resume, imgsz=imgsz, arch=arch,
-                      faithfulness=faithfulness, steps=steps, tolerance=tolerance, threshold=threshold,
-                      match_iou=match_iou, conf=conf, explain_model=explain_model, gallery=gallery,
+                      faithfulness=faithfulness, steps=steps, batch_size=batch_size, tolerance=tolerance,
+                      threshold=threshold, match_iou=match_iou, conf=conf, explain_model=explain_model, gallery=gallery,
                       progress=progress, max_pixels=max_pixels, trust=trust)
     cfg.out.mkdir(parents=True, exist_ok=True)
     setup = _setup(cfg)
@@ -50,6 +51,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                             str(setup.adapter.device))
     records = _run_images(setup, settings)
     results = aggregate(records, settings, cfg.seed)
+    if setup.forwards is not None:
+        results["faithfulness_cost"] = setup.forwards.summary()
     _report(setup, results, records)
     failed = [r for r in records if r.get("status") == "error"]
     if records and len(failed) == len(records):
@@ -99,7 +102,7 @@ def _run_images(setup: BenchSetup, settings: dict[str, Any]) -> list[dict[str, A
     todo = [i for i in image_ids if i not in done]
     log.info("benchmark: %d images (%d already done), methods %s", len(image_ids), len(image_ids) - len(todo),
              cfg.methods)
-    with Progress(len(todo), unit="img", desc="bench", enabled=cfg.progress) as bar:
+    with _progress(setup, todo) as bar:
         for image_id in todo:
             try:
                 rec = process_image(setup, image_id)
@@ -110,8 +113,22 @@ def _run_images(setup: BenchSetup, settings: dict[str, Any]) -> list[dict[str, A
                 log.warning("image %s failed: %s", image_id, rec["error"])
             journal.append(str(image_id), rec, ok=rec["status"] == "ok")
             done[image_id] = rec
-            bar.update(1)
+            if setup.forwards is None:
+                bar.update(1)
     return [done[i] for i in image_ids if i in done]
+
+
+def _progress(setup: BenchSetup, todo: list[int]) -> Progress:
+    """The run's one bar: over images, or over forwards when the run measures faithfulness (nearly all of
+    its cost); then the forward count and its estimate are printed first and counted as they run."""
+    cfg = setup.cfg
+    if not cfg.faithfulness:
+        return Progress(len(todo), unit="img", desc="bench", enabled=cfg.progress)
+    plan = plan_forwards(setup, todo)
+    bar = Progress(plan.total, unit="fwd", desc="bench forwards", enabled=cfg.progress)
+    bar.say(plan.describe())
+    setup.forwards = ForwardCounter(planned=plan.total, bar=bar)
+    return bar
 
 
 def _plain(stored: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--imgsz", type=int, default=None, help="network input size (YOLO models)")
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint")
     parser.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold (default 0.25)")
-    parser.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
-                        help="deletion/insertion AUCs (costly: 2+2T(K-1) forwards per image and map kind); "
-                             "default: on only for --limit <= 50 or --synthetic")
+    parser.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=False,
+                        help="deletion/insertion AUCs (off by default; costly: 2 + 2 M T (K-1) forwards per image "
+                             "with T matched pairs and M map kinds; the count and an estimate are printed first)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="perturbed images per forward of --faithfulness (default 8; raise it on a GPU)")
     parser.add_argument("--steps", type=int, default=20, help="K steps of the deletion/insertion curves")
     parser.add_argument("--gallery", type=int, default=2, help="best and worst pairs per method to draw (0: none)")
     parser.add_argument("--synthetic", action="store_true",
@@ -51,22 +53,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import (FAITHFULNESS_AUTO_LIMIT, SYNTHETIC_DIR, check_bench_options, run_benchmark,
-                         write_synthetic_coco)
+    from ..bench import SYNTHETIC_DIR, check_bench_options, run_benchmark, write_synthetic_coco
 
     # before --synthetic writes its scenes: a bad option leaves no output behind
     check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, gallery=args.gallery, imgsz=args.imgsz,
-                        max_pixels=args.max_pixels)
+                        max_pixels=args.max_pixels, batch_size=args.batch_size)
     out = Path(args.out)
     model = args.model
-    faithfulness = args.faithfulness
     if args.synthetic:
         if args.coco or args.images:
             raise CommandError("--synthetic writes its own COCO set; drop --coco/--images")
         annotations, images = write_synthetic_coco(out / SYNTHETIC_DIR, scenes=args.scenes)
         model = model or "shapes-yolo"
-        if faithfulness is None:
-            faithfulness = True
     else:
         if not args.coco or not args.images:
             raise CommandError("pass --coco ANNOTATIONS.json and --images DIR (or --synthetic)")
@@ -76,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         if not images.is_dir():
             raise CommandError(f"image folder {images} not found; pass --images DIR (file_name entries of the "
                                "json are relative to it)")
-        if faithfulness is None:
-            faithfulness = args.limit is not None and args.limit <= FAITHFULNESS_AUTO_LIMIT
     if model is None:
         raise CommandError("pass MODEL (a checkpoint path or shapes-yolo)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -87,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_benchmark(
         model, annotations, images, out, methods=methods, limit=args.limit,
         categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
-        imgsz=args.imgsz, arch=args.arch, faithfulness=faithfulness, steps=args.steps, conf=args.conf,
+        imgsz=args.imgsz, arch=args.arch, faithfulness=args.faithfulness, steps=args.steps,
+        batch_size=args.batch_size, conf=args.conf,
         gallery=args.gallery, progress=not args.no_progress, max_pixels=args.max_pixels, trust=trust_checkpoint(args),
     )
     c = results["counts"]
@@ -99,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     elif c["matched"] == 0:
         print(f"warning: no detection matched a ground-truth object ({c['detections']} detections); check "
               "--class-map and --images", file=sys.stderr)
+    if "faithfulness_cost" in results:
+        f = results["faithfulness_cost"]
+        print(f"faithfulness: {f['forwards_run']:,} forwards run (planned {f['planned_forwards']:,}) in "
+              f"{f['seconds']:.1f} s")
     for kind in ("methods", "baselines"):
         for name, entry in results[kind].items():
             pg = entry["pointing_game_box"]["mean"]
