@@ -21,7 +21,8 @@ Class mapping: :func:`dsxai.groundtruth.map_classes` (by name, else torchvision-
 user's ``{model_class_name_or_id: coco_category_name}`` map).
 
 Modules: ``config`` (options, checked once), ``score`` (matching and metrics, no model), ``per_image``
-(the model's part), ``report`` (aggregation and files), ``run`` (the recipe), ``synthetic`` (shapes scenes).
+(the model's part), ``report`` (aggregation and files), ``run`` (the recipe), ``synthetic`` (shapes scenes),
+``distributed`` (``workers=N`` / ``ray_address=``: the images on Ray workers, results journalled by the driver).
 """
 from __future__ import annotations
 

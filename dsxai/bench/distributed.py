@@ -134,7 +134,11 @@ def connect(ray: Any, cfg: BenchConfig) -> tuple[Placement, bool]:
     started = False
     if cfg.ray_address:
         if not ray.is_initialized():
-            ray.init(address=cfg.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+            try:
+                ray.init(address=cfg.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+            except Exception as exc:  # noqa: BLE001 - Ray raises several kinds, all with long texts
+                raise BenchError(f"cannot join the Ray cluster at {cfg.ray_address} ({_cause(exc)}); start it "
+                                 "with `ray start --head` and pass the address it prints") from None
             started = True
         total = ray.cluster_resources()
         n = cfg.workers if cfg.workers > 1 else int(total.get("GPU" if cuda else "CPU", 1))
@@ -183,7 +187,13 @@ def run_on_ray(setup: BenchSetup, image_ids: Sequence[int], finish: Finish) -> N
     try:
         actors = start_workers(ray, setup, placement)
         names = {i: setup.gt.coco.imgs[i].get("file_name") for i in image_ids}
-        dispatch(ray, actors, list(image_ids), lambda i, rec: finish(i, {**rec, "file_name": names[i]}))
+
+        def journal(image_id: int, record: dict[str, Any]) -> None:
+            if record.get("status") != "ok":  # the worker's own log does not reach the driver
+                log.warning("image %s failed: %s", image_id, record.get("error"))
+            finish(image_id, {**record, "file_name": names[image_id]})
+
+        dispatch(ray, actors, list(image_ids), journal)
     finally:
         if started:
             ray.shutdown()
@@ -227,7 +237,6 @@ def dispatch(ray: Any, actors: list[Any], image_ids: list[int], finish: Finish) 
             died = isinstance(exc, ray.exceptions.RayActorError)
             deaths[i] += died
             record = _lost(image_id, exc, died)
-            log.warning("image %s lost: %s", image_id, record["error"])
         finish(image_id, record)
         submit(i)
     if queue:
