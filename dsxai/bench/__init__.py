@@ -23,7 +23,8 @@ user's ``{model_class_name_or_id: coco_category_name}`` map).
 
 Modules: ``config`` (options, checked once), ``score`` (matching and metrics, no model), ``per_image``
 (the model's part), ``faithfulness`` (deletion / insertion of all map kinds batched, the forward plan),
-``report`` (aggregation and files), ``run`` (the recipe), ``synthetic`` (shapes scenes).
+``report`` (aggregation and files), ``run`` (the recipe), ``synthetic`` (shapes scenes), ``distributed``
+(``workers=N`` / ``ray_address=``: the images on Ray workers, results journalled by the driver).
 """
 from __future__ import annotations
 

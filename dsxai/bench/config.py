@@ -38,7 +38,7 @@ class BenchError(ValueError):
 
 def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25, match_iou: Any = 0.5,
                         threshold: Any = 0.5, tolerance: Any = 15.0, gallery: Any = 2, imgsz: Any = None,
-                        max_pixels: Any = None, batch_size: Any = 8) -> None:
+                        max_pixels: Any = None, batch_size: Any = 8, workers: Any = 1) -> None:
     """The numeric options of :func:`dsxai.bench.run_benchmark`, refused (BenchError) before any output."""
     try:
         if limit is not None:
@@ -54,6 +54,7 @@ def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25,
             check_imgsz(imgsz)
         if max_pixels is not None:
             check_max_pixels(max_pixels)
+        check_positive_int("workers", workers)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
 
@@ -92,6 +93,8 @@ class BenchConfig:
     explain_model: maps from this module (e.g. :func:`randomized_copy`), detections from the adapter's model.
     gallery: best and worst pairs drawn per method (0 = none). trust: full-pickle checkpoint loading.
     max_pixels: refuse larger images (default ``dsxai.imaging.MAX_PIXELS``).
+    workers: images run on this many Ray workers when > 1; ray_address: join that Ray cluster
+    (:mod:`dsxai.bench.distributed`; the ``scale`` extra).
     """
 
     model: Any
@@ -119,13 +122,17 @@ class BenchConfig:
     progress: bool = True
     max_pixels: int | None = None
     trust: bool = False
+    workers: int = 1
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         from ..methods import get_method
 
         check_bench_options(limit=self.limit, steps=self.steps, conf=self.conf, match_iou=self.match_iou,
                             threshold=self.threshold, tolerance=self.tolerance, gallery=self.gallery,
-                            imgsz=self.imgsz, max_pixels=self.max_pixels, batch_size=self.batch_size)
+                            imgsz=self.imgsz, max_pixels=self.max_pixels, batch_size=self.batch_size,
+                            workers=self.workers)
+        self.workers = int(self.workers)
         self.out = Path(self.out)
         check_output_folder(self.out, [a for a in (self.annotations,) if isinstance(a, (str, Path))],
                             scanned=[i for i in (self.images,) if isinstance(i, (str, Path))],

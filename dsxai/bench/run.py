@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,8 +13,9 @@ from torch import nn
 from ..groundtruth import ignored_categories, keep_categories, load_coco, map_classes
 from ..runs import Journal, Progress, SettingsChanged, journal_path, write_atomic, write_manifest
 from .config import CONFIG, DEFAULT_METHODS, JOURNAL, MANIFEST, RESULTS, BenchConfig, BenchError, resume_key
+from .distributed import check_scale, image_record, run_on_ray, uses_ray
 from .faithfulness import ForwardCounter, plan_forwards
-from .per_image import BenchSetup, load_bench_adapter, process_image
+from .per_image import BenchSetup, load_bench_adapter
 from .report import aggregate, write_gallery, write_outputs
 
 __all__ = ["run_benchmark"]
@@ -30,7 +30,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   arch: str | None = None, faithfulness: bool = False, steps: int = 20, batch_size: int = 8,
                   tolerance: float = 15.0, threshold: float = 0.5, match_iou: float = 0.5, conf: float = 0.25,
                   explain_model: nn.Module | None = None, gallery: int = 2, progress: bool = True,
-                  max_pixels: int | None = None, trust: bool = False) -> dict[str, Any]:
+                  max_pixels: int | None = None, trust: bool = False, workers: int = 1,
+                  ray_address: str | None = None) -> dict[str, Any]:
     """Run the localization benchmark and write its outputs to ``out``; returns the ``results.json`` dict.
 
     The options are those of :class:`dsxai.bench.BenchConfig`, checked before any work.
@@ -42,8 +43,10 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     cfg = BenchConfig(model, annotations, images, out, methods=methods, limit=limit, categories=categories,
                       class_map=class_map, seed=seed, device=device, resume=resume, imgsz=imgsz, arch=arch,
                       faithfulness=faithfulness, steps=steps, batch_size=batch_size, tolerance=tolerance,
-                      threshold=threshold, match_iou=match_iou, conf=conf, explain_model=explain_model, gallery=gallery,
-                      progress=progress, max_pixels=max_pixels, trust=trust)
+                      threshold=threshold, match_iou=match_iou, conf=conf, explain_model=explain_model,
+                      gallery=gallery, progress=progress, max_pixels=max_pixels, trust=trust, workers=workers,
+                      ray_address=ray_address)
+    check_scale(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     setup = _setup(cfg)
     settings = cfg.settings([setup.gt.categories[c] for c in setup.category_ids],
@@ -102,27 +105,28 @@ def _run_images(setup: BenchSetup, settings: dict[str, Any]) -> list[dict[str, A
     todo = [i for i in image_ids if i not in done]
     log.info("benchmark: %d images (%d already done), methods %s", len(image_ids), len(image_ids) - len(todo),
              cfg.methods)
-    with _progress(setup, todo) as bar:
-        for image_id in todo:
-            try:
-                rec = process_image(setup, image_id)
-            except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                rec = {"image_id": image_id, "file_name": setup.gt.coco.imgs[image_id].get("file_name"),
-                       "status": "error", "error": f"{type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc(limit=4)}
-                log.warning("image %s failed: %s", image_id, rec["error"])
+    ray = uses_ray(cfg.workers, cfg.ray_address)
+    with _progress(setup, todo, ray) as bar:
+        def finish(image_id: int, rec: dict[str, Any]) -> None:
             journal.append(str(image_id), rec, ok=rec["status"] == "ok")
             done[image_id] = rec
             if setup.forwards is None:
                 bar.update(1)
-    return [done[i] for i in image_ids if i in done]
+
+        if ray:  # records stream back as images finish, in any order
+            run_on_ray(setup, todo, finish)
+        else:
+            for image_id in todo:
+                finish(image_id, image_record(setup, image_id))
+    return [done[i] for i in image_ids if i in done]  # id order: the same aggregate for any worker count
 
 
-def _progress(setup: BenchSetup, todo: list[int]) -> Progress:
-    """The run's one bar: over images, or over forwards when the run measures faithfulness (nearly all of
-    its cost); then the forward count and its estimate are printed first and counted as they run."""
+def _progress(setup: BenchSetup, todo: list[int], ray: bool = False) -> Progress:
+    """The run's one bar: over images, or over forwards when the run measures faithfulness in this process
+    (nearly all of its cost); then the forward count and its estimate are printed first and counted as they
+    run. Ray workers report whole images, so a Ray run counts images."""
     cfg = setup.cfg
-    if not cfg.faithfulness:
+    if not cfg.faithfulness or ray:
         return Progress(len(todo), unit="img", desc="bench", enabled=cfg.progress)
     plan = plan_forwards(setup, todo)
     bar = Progress(plan.total, unit="fwd", desc="bench forwards", enabled=cfg.progress)

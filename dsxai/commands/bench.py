@@ -46,6 +46,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "(model defaults to shapes-yolo)")
     parser.add_argument("--scenes", type=int, default=24, help="scenes of --synthetic (default 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run images on N Ray workers on this machine (one per GPU on CUDA); needs "
+                             "pip install 'dsxai[scale]' (default 1: no Ray)")
+    parser.add_argument("--ray-address", default=None,
+                        help="join this Ray cluster (e.g. HEAD_IP:6379 from `ray start --head`); with it "
+                             "--workers defaults to one per GPU (CUDA) or CPU of the cluster")
     add_trust_flag(parser)
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels "
                         "(default: 40000000, dsxai.imaging.MAX_PIXELS)")
@@ -57,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     # before --synthetic writes its scenes: a bad option leaves no output behind
     check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, gallery=args.gallery, imgsz=args.imgsz,
-                        max_pixels=args.max_pixels, batch_size=args.batch_size)
+                        max_pixels=args.max_pixels, batch_size=args.batch_size, workers=args.workers)
+    _check_ray(args)
     out = Path(args.out)
     model = args.model
     if args.synthetic:
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         imgsz=args.imgsz, arch=args.arch, faithfulness=args.faithfulness, steps=args.steps,
         batch_size=args.batch_size, conf=args.conf,
         gallery=args.gallery, progress=not args.no_progress, max_pixels=args.max_pixels, trust=trust_checkpoint(args),
+        workers=args.workers, ray_address=args.ray_address,
     )
     c = results["counts"]
     print(f"{c['images_ok']} images ({c['images_failed']} failed), {c['matched']} pairs, "
@@ -108,3 +116,16 @@ def run(args: argparse.Namespace) -> int:
                   f"energy {en if en is None else round(en, 3)}")
     print(f"wrote {out / 'summary.md'}")
     return 0
+
+
+def _check_ray(args: argparse.Namespace) -> None:
+    """--workers N / --ray-address without Ray installed: one line naming the flag and the extra."""
+    from ..bench.distributed import SCALE_EXTRA, require_ray, uses_ray
+
+    if not uses_ray(args.workers, args.ray_address):
+        return
+    flag = "--ray-address" if args.ray_address else f"--workers {args.workers}"
+    try:
+        require_ray(flag)
+    except ImportError:
+        raise CommandError(f"{flag} needs Ray, which is not installed: {SCALE_EXTRA}") from None
