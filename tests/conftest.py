@@ -1,6 +1,7 @@
 """Shared test settings: where ``../shared/data`` lives, and skipping tests that need it when it is absent."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "shared_data" in item.keywords:
             item.add_marker(skip)
+
+
+def find_chromium() -> str | None:
+    """A headless-capable Chromium on PATH (the HTML reports' browser tests skip without one)."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None

@@ -27,6 +27,7 @@ from dsxai.auditing.figures import flag_mask
 from dsxai.layers import audit_layers, layer_stride
 from dsxai.zoo.biased import TRIANGLE, cue_accuracy, cue_adapter, load_or_train, make_cue_scenes
 from dsxai.pipeline import explain_maps
+from conftest import find_chromium  # noqa: E402
 
 N_TEST = 10
 
@@ -268,14 +269,6 @@ class _Images(HTMLParser):
             self.tables += 1
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 def test_report_opens_in_a_browser(audits, tmp_path):
     report = audits["biased"].report
     parser = _Images()
@@ -283,7 +276,7 @@ def test_report_opens_in_a_browser(audits, tmp_path):
     assert parser.tables >= 3 and parser.srcs, "the report needs its tables and the flagged thumbnails"
     for src in parser.srcs:  # no broken image links: every src is a relative path to an existing file
         assert not src.startswith(("/", "http")) and (report.parent / src).is_file(), src
-    browser = _chromium()
+    browser = find_chromium()
     if browser is None:
         pytest.skip("no chromium binary (Debian: apt-get install -y chromium); the HTML itself was checked")
     shot = tmp_path / "report.png"

@@ -1,5 +1,5 @@
-"""The benchmark's outputs: aggregation over pairs, results.json, pairs.csv, summary.md, the bar chart and
-the gallery, each written atomically (:func:`dsxai.runs.write_atomic`).
+"""The benchmark's outputs: aggregation over pairs, results.json, pairs.csv, summary.md, the bar chart,
+the gallery and report.html (:mod:`dsxai.bench.page`), each written atomically (:func:`dsxai.runs.write_atomic`).
 
 Why apart: everything here reads the journal records, so a report can be rebuilt without the model
 (except the gallery, which re-explains its few pairs).
@@ -21,6 +21,7 @@ from ..detections import Detections
 from ..metrics import BASELINES
 from ..runs import write_atomic
 from .config import METRICS, PAIRS, RESULTS, SUMMARY
+from .page import REPORT, report_html, run_timings
 from .per_image import BenchSetup, explain_image
 from .score import bootstrap_ci
 
@@ -97,7 +98,8 @@ def pairs_csv(records: list[Record]) -> str:
 
 def write_outputs(out: Path, results: dict[str, Any], records: list[Record],
                   galleries: Sequence[Path] = ()) -> list[Path]:
-    """Write results.json, pairs.csv, metrics.png and summary.md (each atomically); returns the paths."""
+    """Write results.json, pairs.csv, metrics.png, summary.md and report.html (each atomically); returns the
+    paths."""
     written = [write_atomic(out / RESULTS, json.dumps(results, indent=2)),
                write_atomic(out / PAIRS, pairs_csv(records))]
     shown = [k for k in METRICS if any(results[s][n][k]["mean"] is not None
@@ -115,6 +117,10 @@ def write_outputs(out: Path, results: dict[str, Any], records: list[Record],
     if results["errors"]:
         lines += ["", "## Failed images", ""] + [f"- {e['file_name']}: {e['error']}" for e in results["errors"]]
     written.append(write_atomic(out / SUMMARY, "\n".join(lines) + "\n"))
+    rel = [p.relative_to(out).as_posix() for p in written]
+    page = report_html(results, shown, timings=run_timings(records), plot=plot.name if plot else None,
+                       galleries=[g.relative_to(out).as_posix() for g in sorted(galleries)], files=rel)
+    written.append(write_atomic(out / REPORT, page.encode()))
     return written
 
 

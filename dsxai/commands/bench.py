@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", default=None, help="folder the json's file_name entries are relative to")
     parser.add_argument("--methods", default="eigencam,gradcam,hirescam,layercam",
                         help="comma-separated CAM methods (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="output folder (results.json, pairs.csv, summary.md, ...)")
+    parser.add_argument("--out", required=True, help="output folder (report.html, results.json, pairs.csv, ...)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images holding an object")
     parser.add_argument("--categories", default=None, help="comma-separated COCO category names to keep")
     parser.add_argument("--class-map", default=None,
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:14s} pointing game {pg if pg is None else round(pg, 3)}  "
                   f"energy {en if en is None else round(en, 3)}")
     print(f"wrote {out / 'summary.md'}")
+    print(f"report: {out / 'report.html'}")
     return 0
 
 
