@@ -42,12 +42,17 @@ class DenseOutput:
     ``boxes`` ``[B, A, 4]`` xyxy in network pixels; ``scores`` ``[B, A, nc]``
     per-class confidences (differentiable); ``coef`` ``[B, A, nm]`` mask
     coefficients and ``proto`` ``[B, nm, h, w]`` prototypes for instance segmenters.
+    ``pick(rows, anchors, labels)``, when the adapter can give it, returns
+    ``scores[rows][:, anchors, labels]`` (``[K, T]``, same values) through a graph
+    that holds only each anchor's own level of the class branch: the batched
+    backward then skips the box branch, the other levels and the full score tensor.
     """
 
     boxes: Tensor
     scores: Tensor
     coef: Tensor | None = None
     proto: Tensor | None = None
+    pick: Callable[[slice, Tensor, Tensor], Tensor] | None = None
 
 
 def network_size(imgsz: int | Sequence[int], stride: int) -> tuple[int, int]:
@@ -168,6 +173,8 @@ class YOLOBoxTarget(DetectionTarget):
     def _score(self, dense: DenseOutput, image_index: int, rows: slice, anchors: Tensor, labels: Tensor) -> Tensor:
         """Scores ``[K, T]`` on the rows ``rows`` of a dense output."""
         anchors, labels = anchors.to(dense.scores.device), labels.to(dense.scores.device)
+        if dense.pick is not None and torch.is_grad_enabled():
+            return dense.pick(rows, anchors, labels)
         return dense.scores[rows][:, anchors, labels]
 
     def _masks(self, dense: DenseOutput, b: int, anchors: Tensor, net_boxes: Tensor, geometry: Geometry) -> Tensor:
