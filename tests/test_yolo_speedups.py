@@ -7,6 +7,7 @@ ones the full head output gives, and that LayerCAM with ``fuse="max"`` still rep
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,6 +91,26 @@ def test_end_to_end_head_picks_from_its_one_to_one_branch(models):
         adapter.head.end2end = False
     torch.testing.assert_close(scores, slow_scores, atol=4 * EPS, rtol=0)
     assert maps.shape[0] == 8 and (maps - slow_maps).abs().max() <= 64 * EPS
+
+
+def test_an_other_models_output_is_scored_through_its_own_output(models):
+    """A target decoded with the trained model and explained on a randomised copy (the sanity check of
+    tests/test_known_answer.py) must not read the copy's features through the trained head."""
+    randomised = copy.deepcopy(models["yolov8n.yaml"].model)
+    torch.manual_seed(1)
+    for module in randomised.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    maps = []
+    for adapter in (UltralyticsAdapter(models["yolov8n.yaml"], imgsz=256),
+                    without_pick(UltralyticsAdapter(models["yolov8n.yaml"], imgsz=256))):
+        batch = adapter.preprocess(BUS)
+        target = adapter.box_target(batch, conf=0.0, max_dets=8)
+        adapter.model.eval()
+        with torch.no_grad():
+            target(adapter.model(batch.tensor))
+        maps.append(dsxai.LayerCAM(randomised, adapter.default_layers).explain(batch.tensor, target).maps[0])
+    assert maps[0].shape[0] == 8 and (maps[0] - maps[1]).abs().max() <= 64 * EPS
 
 
 needs_fall = pytest.mark.skipif(not FALL_PT.is_file(), reason=f"{FALL_PT} not present")
