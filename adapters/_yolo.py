@@ -30,9 +30,13 @@ from ._candidates import best_class_candidates
 from ._preprocessing import class_name_map, round_up
 
 __all__ = ["DenseOutput", "network_size", "letterbox_batch", "mirror_anchors", "mask_logits", "YOLOBoxTarget",
-           "YOLOClassTarget", "YOLOAdapterBase", "yolo_class_names", "head_inputs"]
+           "YOLOClassTarget", "YOLOAdapterBase", "yolo_class_names", "head_inputs", "PICK_ATOL"]
 
 log = logging.getLogger("dsxai")
+
+#: how far ``DenseOutput.pick`` may differ from the full output's scores (probabilities in [0, 1]; the two
+#: differ only by convolution algorithms for one image or a batch, ~1e-8 measured)
+PICK_ATOL = 1e-5
 
 
 @dataclass
@@ -42,12 +46,18 @@ class DenseOutput:
     ``boxes`` ``[B, A, 4]`` xyxy in network pixels; ``scores`` ``[B, A, nc]``
     per-class confidences (differentiable); ``coef`` ``[B, A, nm]`` mask
     coefficients and ``proto`` ``[B, nm, h, w]`` prototypes for instance segmenters.
+    ``pick(rows, anchors, labels)``, when the adapter can give it, returns
+    ``scores[rows][:, anchors, labels]`` (``[K, T]``, same values) through a graph
+    that holds only each anchor's own level of the class branch: the batched
+    backward then skips the box branch, the other levels and the full score tensor.
+    Targets use it only where its values match ``scores`` (within :data:`PICK_ATOL`).
     """
 
     boxes: Tensor
     scores: Tensor
     coef: Tensor | None = None
     proto: Tensor | None = None
+    pick: Callable[[slice, Tensor, Tensor], Tensor] | None = None
 
 
 def network_size(imgsz: int | Sequence[int], stride: int) -> tuple[int, int]:
@@ -168,7 +178,13 @@ class YOLOBoxTarget(DetectionTarget):
     def _score(self, dense: DenseOutput, image_index: int, rows: slice, anchors: Tensor, labels: Tensor) -> Tensor:
         """Scores ``[K, T]`` on the rows ``rows`` of a dense output."""
         anchors, labels = anchors.to(dense.scores.device), labels.to(dense.scores.device)
-        return dense.scores[rows][:, anchors, labels]
+        full = dense.scores[rows][:, anchors, labels]
+        if dense.pick is None or not torch.is_grad_enabled():
+            return full
+        picked = dense.pick(rows, anchors, labels)
+        # the same values prove the output came from the adapter's own head; another model's output (a
+        # randomised copy in a sanity check) is scored through its full output instead
+        return picked if torch.allclose(picked.detach(), full.detach(), rtol=0, atol=PICK_ATOL) else full
 
     def _masks(self, dense: DenseOutput, b: int, anchors: Tensor, net_boxes: Tensor, geometry: Geometry) -> Tensor:
         h, w = geometry.original_size

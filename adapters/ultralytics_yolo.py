@@ -28,8 +28,9 @@ rejected with an explanation.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -241,7 +242,25 @@ class UltralyticsAdapter(YOLOAdapterBase):
         coef = first[:, 4 + nc:].transpose(1, 2) if self.task == "instance" else None
         if isinstance(proto, (tuple, list)):
             proto = proto[0]
-        return DenseOutput(boxes=boxes, scores=scores, coef=coef, proto=proto)
+        return DenseOutput(boxes=boxes, scores=scores, coef=coef, proto=proto, pick=self._picker(output))
+
+    def _picker(self, output: Any) -> Callable[[slice, Tensor, Tensor], Tensor] | None:
+        """Class scores read through the head's class branch at each anchor's level only (``DenseOutput.pick``).
+
+        Why: the head's output concatenates boxes and all levels, so a backward from it runs the box branch and
+        every level with zero gradients; here each level's class convolutions rerun on the head's inputs (the
+        same values, bit for bit on one image) for just the levels that hold targets.
+        """
+        raw = output[-1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+        kind = "one2one" if getattr(self.head, "end2end", False) else "one2many"
+        if isinstance(raw, dict) and kind in raw:  # heads with both branches nest one dict per branch
+            raw = raw[kind]
+        feats = raw.get("feats") if isinstance(raw, dict) else None
+        branch = getattr(self.head, kind, None)
+        cls_head = branch.get("cls_head") if isinstance(branch, dict) else None
+        if not isinstance(feats, (list, tuple)) or cls_head is None or len(feats) != len(cls_head):
+            return None
+        return partial(_pick_class_scores, list(feats), cls_head, int(self.head.nc))
 
     # ------------------------------------------------------------ internals
     def use_nms(self, nms: bool | None) -> bool:
@@ -255,6 +274,26 @@ class UltralyticsAdapter(YOLOAdapterBase):
             if isinstance(value, Tensor) and value.is_inference():
                 self.head.shape = None  # the next forward rebuilds anchors and strides
                 return
+
+
+def _pick_class_scores(feats: list[Tensor], cls_head: Sequence[nn.Module], nc: int, rows: slice, anchors: Tensor,
+                       labels: Tensor) -> Tensor:
+    """``sigmoid(cls_head[level](feats[level]))`` at each ``(anchor, label)``, ``[K, T]`` for the rows ``rows``;
+    anchors are flattened level by level, row-major, one per cell (as the head flattens them)."""
+    sizes = torch.tensor([f.shape[-2] * f.shape[-1] for f in feats], device=anchors.device)
+    starts = torch.cumsum(sizes, 0) - sizes
+    level = torch.bucketize(anchors, starts[1:], right=True)
+    parts, order = [], []
+    for i in level.unique().tolist():
+        mine = (level == i).nonzero().flatten()
+        logits = cls_head[i](feats[i][rows]).flatten(2)  # K, nc, h * w
+        if logits.shape[1] != nc:
+            raise ValueError(f"the head's class branch gives {logits.shape[1]} classes, expected {nc}")
+        parts.append(logits[:, labels[mine], anchors[mine] - starts[i]].sigmoid())
+        order.append(mine)
+    if not parts:
+        return feats[0].new_zeros(feats[0][rows].shape[0], 0)
+    return torch.cat(parts, 1)[:, torch.argsort(torch.cat(order))]
 
 
 def _check_head(net: nn.Module, head: nn.Module | None, head_module) -> None:

@@ -98,11 +98,13 @@ def fuse_sources(cams: Sequence[Tensor], size: tuple[int, int], how: str = "mean
         up = F.interpolate(normalize_maps(cam.relu())[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         if fused is None:
             fused = up
+        elif how == "mean":  # in place: the full-resolution maps are the largest tensors of a call
+            fused.add_(up)
         else:
-            fused = fused + up if how == "mean" else torch.maximum(fused, up)
+            torch.maximum(fused, up, out=fused)
     if how == "mean":
-        fused = fused / len(cams)
-    return normalize_maps(fused.relu()).float()
+        fused.div_(len(cams))
+    return normalize_maps(fused.relu_()).float()
 
 
 def _first_conv_channels(model: nn.Module) -> int | None:

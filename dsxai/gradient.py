@@ -48,11 +48,10 @@ class GradientCAM(BaseCAM):
             grad_of = {id(leaf): g for leaf, g in zip(leaves, grads)}
             owners = scores.image_of[rows]
             for k, source in enumerate(sources):
-                g = grad_of[id(source.leaf)]
-                g = g[torch.arange(len(rows), device=g.device), owners]  # each target's own image
+                g = _own_gradients(grad_of[id(source.leaf)], owners)
                 if self.reshape is not None:
                     g = self.reshape(g)
-                maps[k].append(self.cam_from_gradients(source.activations.detach()[owners].float(),
+                maps[k].append(self.cam_from_gradients(_own_activations(source.activations.detach(), owners).float(),
                                                        g.detach().float()))
             del grads, grad_of
         return [torch.cat(m) for m in maps]
@@ -81,3 +80,14 @@ class GradientCAM(BaseCAM):
                      for i in range(len(leaves))]
         return [torch.zeros((len(rows),) + leaf.shape, device=leaf.device, dtype=leaf.dtype) if g is None else g
                 for g, leaf in zip(grads, leaves)]
+
+
+
+def _own_gradients(grads: Tensor, owners: Tensor) -> Tensor:
+    """``[R, B, ...]`` gradients of R targets -> ``[R, ...]``, each target's own image (a view for one image)."""
+    return grads[:, 0] if grads.shape[1] == 1 else grads[torch.arange(len(owners), device=grads.device), owners]
+
+
+def _own_activations(activations: Tensor, owners: Tensor) -> Tensor:
+    """``[B, ...]`` activations -> ``[R, ...]``, each target's image's (one image: expanded, not copied R times)."""
+    return activations.expand(len(owners), *activations.shape[1:]) if activations.shape[0] == 1 else activations[owners]
