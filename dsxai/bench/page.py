@@ -129,7 +129,9 @@ def _config(config: dict[str, Any], files: Sequence[str]) -> list[str]:
     """The run's settings (as results.json holds them) and links to its other files."""
     parts = ["<h2>Config</h2><table id='config'><tbody>"]
     for key, value in config.items():
-        shown = value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value)
+        # floats as given (15.0, not a rounded 15.00); containers as JSON
+        shown = repr(value) if isinstance(value, float) else value if isinstance(value, (str, int, bool)) or \
+            value is None else json.dumps(value)
         parts.append(f"<tr>{text_cell(key)}{text_cell(shown)}</tr>")
     parts.append("</tbody></table>")
     if files:
