@@ -11,12 +11,12 @@ import torch
 
 from dsxai import bench
 from dsxai import metrics as M
-from dsxai.boxes import box_masks, paired_iou
+from dsxai.boxes import paired_iou
 from dsxai.cli import main
 from dsxai.detections import Detections
 from dsxai.imaging import load_image
 from dsxai.pipeline import explain_maps
-from test_metrics import ToyDetector
+from test_metrics import ToyDetector, toy_scene
 
 STEPS = 3
 
@@ -94,12 +94,7 @@ def test_the_protocol_count():
 
 
 def test_batched_kinds_equal_single_kinds_on_a_toy_detector():
-    image = np.zeros((8, 8, 3), np.uint8)
-    image[:4, :4] = 255
-    box = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
-    dets = Detections(boxes=box.repeat(2, 1), scores=torch.ones(2), labels=torch.zeros(2, dtype=torch.long),
-                      image_size=(8, 8))
-    good = box_masks(box, (8, 8)).float()[0]
+    image, dets, good = toy_scene()
     kinds = [torch.stack([good, 1 - good]), torch.stack([1 - good, torch.rand(8, 8)])]
     toy, told = ToyDetector(), []
     batched = M.deletion_insertion_batch(toy.predict, image, dets, kinds, steps=4,

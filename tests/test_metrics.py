@@ -183,13 +183,18 @@ class ToyDetector(Adapter):
         return out
 
 
-def test_deletion_insertion_on_a_toy_detector():
+def toy_scene() -> tuple[np.ndarray, Detections, torch.Tensor]:
+    """An 8x8 image with a white 4x4 object top-left, two detections of it, and its box as a map."""
     image = np.zeros((8, 8, 3), np.uint8)
     image[:4, :4] = 255
     box = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     dets = Detections(boxes=box.repeat(2, 1), scores=torch.ones(2), labels=torch.zeros(2, dtype=torch.long),
                       image_size=(8, 8))
-    good = box_masks(box, (8, 8)).float()[0]
+    return image, dets, box_masks(box, (8, 8)).float()[0]
+
+
+def test_deletion_insertion_on_a_toy_detector():
+    image, dets, good = toy_scene()
     maps = torch.stack([good, 1 - good])  # the object first / the background first
     toy = ToyDetector()
     res = M.deletion_insertion(toy, image, dets, maps, steps=4, baseline="mean", batch_size=4)
@@ -203,7 +208,7 @@ def test_deletion_insertion_on_a_toy_detector():
     # 2 shared images + 2 detections x 2 curves x 3 inner steps, 4 per predict call
     assert sum(toy.calls) == 14 and max(toy.calls) == 4
     # a detection of another class is never matched: its curves are 0
-    other = Detections(boxes=box, scores=torch.ones(1), labels=torch.tensor([1]), image_size=(8, 8))
+    other = Detections(boxes=dets.boxes[:1], scores=torch.ones(1), labels=torch.tensor([1]), image_size=(8, 8))
     res = M.deletion_insertion(toy, image, other, maps[:1], steps=4, baseline="mean")
     assert res.deletion_auc.item() == 0.0 and res.insertion_auc.item() == 0.0
 
