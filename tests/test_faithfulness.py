@@ -11,6 +11,7 @@ import torch
 
 from dsxai import bench
 from dsxai import metrics as M
+from dsxai.bench import faithfulness as faith
 from dsxai.boxes import paired_iou
 from dsxai.cli import main
 from dsxai.detections import Detections
@@ -195,3 +196,48 @@ def test_a_bad_batch_size_is_refused_before_any_output(tmp_path, capsys, bad):
     with pytest.raises(ValueError, match="batch_size"):
         M.deletion_insertion_batch(ToyDetector().predict, np.zeros((4, 4, 3), np.uint8), dets,
                                    [torch.rand(1, 4, 4)], batch_size=0)
+
+
+def test_measure_batch_size_picks_the_fastest_per_image(monkeypatch):
+    """A predict whose cost is fixed per call favours the larger batch; one whose cost grows faster than the
+    batch favours batch 1: the choice follows the measured time per image, not a constant."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    monkeypatch.setattr(faith, "BATCH_CANDIDATES", {"cpu": (1, 4)})
+    clock = [0.0]
+
+    def costs(per_call):
+        def predict(images):
+            clock[0] += per_call(len(images))
+        return predict
+
+    chosen, per_image, run = faith.measure_batch_size(costs(lambda n: 1.0), image, torch.device("cpu"),
+                                                      clock=lambda: clock[0])
+    assert chosen == 4 and per_image == {1: 1.0, 4: 0.25} and run == 3 * 1 + 3 * 4
+    chosen, per_image, _ = faith.measure_batch_size(costs(lambda n: float(n * n)), image, torch.device("cpu"),
+                                                    clock=lambda: clock[0])
+    assert chosen == 1 and per_image == {1: 1.0, 4: 4.0}
+
+
+def test_an_unset_batch_size_is_measured_once_and_accounted_for(shapes_set, adapter, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.setattr(faith, "BATCH_CANDIDATES", {"cpu": (1, 2)})
+    options = dict(methods=["layercam"], gallery=0, progress=False)
+    seen, handle = _count_forwards(adapter.model)
+    try:
+        plain = bench.run_benchmark(adapter, *shapes_set, tmp_path / "off", faithfulness=False, **options)
+        without = sum(seen)
+        seen.clear()
+        capsys.readouterr()
+        out = bench.run_benchmark(adapter, *shapes_set, tmp_path / "auto", faithfulness=True, steps=3, **options)
+    finally:
+        handle.remove()
+    said = re.findall(r"faithfulness batch size (\d+) \(per image: ", capsys.readouterr().err)
+    assert len(said) == 1  # measured once per run, on its first image with pairs
+    cost = out["faithfulness_cost"]
+    assert cost["batch_size"] == int(said[0]) in (1, 2)
+    assert cost["batch_size_tuning_forwards"] == 3 * 1 + 3 * 2
+    assert cost["forwards_run"] == cost["planned_forwards"]
+    assert plain["config"]["extra"]["batch_size"] is None and out["config"]["extra"]["batch_size"] is None
+    # every forward is accounted for: the plain run's, one planning forward per image, the protocol's, the tuning
+    n_images = out["counts"]["images_ok"]
+    assert sum(seen) - without == n_images + cost["planned_forwards"] + cost["batch_size_tuning_forwards"]

@@ -38,13 +38,14 @@ class BenchError(ValueError):
 
 def check_bench_options(*, limit: Any = None, steps: Any = 20, conf: Any = 0.25, match_iou: Any = 0.5,
                         threshold: Any = 0.5, tolerance: Any = 15.0, gallery: Any = 2, imgsz: Any = None,
-                        max_pixels: Any = None, batch_size: Any = 8, workers: Any = 1) -> None:
+                        max_pixels: Any = None, batch_size: Any = None, workers: Any = 1) -> None:
     """The numeric options of :func:`dsxai.bench.run_benchmark`, refused (BenchError) before any output."""
     try:
         if limit is not None:
             check_positive_int("limit", limit)
         check_steps(steps)
-        check_positive_int("batch_size", batch_size)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
         check_conf(conf)
         check_conf(match_iou, "match_iou")
         check_conf(threshold, "threshold")
@@ -87,7 +88,8 @@ class BenchConfig:
     class_map: ``{model_class_name_or_id: coco_category_name}`` or a JSON file of it (read here). seed: torch
     and the bootstrap. resume: skip images finished in ``out/journal.jsonl`` (same settings required).
     faithfulness: deletion / insertion AUCs, off unless asked (``2 + 2 M T (K - 1)`` forwards per image; see
-    :mod:`dsxai.bench.faithfulness`). steps: K of those curves. batch_size: perturbed images per forward.
+    :mod:`dsxai.bench.faithfulness`). steps: K of those curves. batch_size: perturbed images per forward (None: measured on the first
+    image, :func:`dsxai.bench.faithfulness.measure_batch_size`).
     tolerance: pointing-game tolerance in pixels; threshold: binarisation threshold of the IoU metrics;
     match_iou: detection-to-object IoU of a pair; conf: detection threshold.
     explain_model: maps from this module (e.g. :func:`randomized_copy`), detections from the adapter's model.
@@ -112,7 +114,7 @@ class BenchConfig:
     arch: str | None = None
     faithfulness: bool = False
     steps: int = 20
-    batch_size: int = 8
+    batch_size: int | None = None
     tolerance: float = 15.0
     threshold: float = 0.5
     match_iou: float = 0.5

@@ -37,6 +37,9 @@ class BenchSetup:
     class_to_cat: dict[int, int]
     #: counts the faithfulness forwards (and advances the run's bar) when the run measures faithfulness
     forwards: ForwardCounter | None = None
+    #: the faithfulness batch size this process measured (``cfg.batch_size`` None: see
+    #: :func:`dsxai.bench.faithfulness.measure_batch_size`)
+    batch_size: int | None = None
 
     @property
     def category_ids(self) -> list[int]:

@@ -27,7 +27,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   methods: Sequence[str] = DEFAULT_METHODS, limit: int | None = None,
                   categories: Sequence[str] | None = None, class_map: dict[str, str] | str | Path | None = None,
                   seed: int = 0, device: str | None = None, resume: bool = False, imgsz: int | None = None,
-                  arch: str | None = None, faithfulness: bool = False, steps: int = 20, batch_size: int = 8,
+                  arch: str | None = None, faithfulness: bool = False, steps: int = 20, batch_size: int | None = None,
                   tolerance: float = 15.0, threshold: float = 0.5, match_iou: float = 0.5, conf: float = 0.25,
                   explain_model: nn.Module | None = None, gallery: int = 2, progress: bool = True,
                   max_pixels: int | None = None, trust: bool = False, workers: int = 1,
