@@ -339,7 +339,9 @@ class TorchvisionDetectionAdapter(AdapterBase):
     Targets: ``box_target(batch, conf=None, iou=None, classes=None,
     max_dets=None, topk=None, mask_threshold=0.5)``; None takes the model's own
     value (``score_thresh``/``box_score_thresh``, ``nms_thresh``,
-    ``detections_per_img``, ``topk_candidates``).
+    ``detections_per_img``, ``topk_candidates``). Mask R-CNN also makes
+    ``mask_target`` (same options but ``topk``), its default: each instance's
+    mean mask logit inside its mask, so its map explains the mask.
     """
 
     def __init__(self, model: nn.Module, *, class_names: Any = None,
@@ -399,3 +401,25 @@ class TorchvisionDetectionAdapter(AdapterBase):
             topk=getattr(self.detector, "topk_candidates", 1000) if topk is None else topk,
             mask_threshold=mask_threshold,
         )
+
+    def mask_target(self, batch: Batch, conf: float | None = None, iou: float | None = None,
+                    classes: Sequence[int] | None = None, max_dets: int | None = None, mask_threshold: float = 0.5,
+                    ) -> "TorchvisionBoxTarget":
+        """Mask R-CNN: one target per instance, the mean mask logit of its class inside its predicted mask
+        (:class:`~dsxai.adapters.torchvision_masks.TorchvisionMaskTarget`); instances as :meth:`box_target`."""
+        from .torchvision_masks import TorchvisionMaskTarget
+
+        if not self.model.has_masks:
+            raise ValueError(f"{type(self.detector).__name__} has no mask branch: use targets='boxes'")
+        box = self.box_target(batch, conf, iou, classes, max_dets, mask_threshold=mask_threshold)
+        return TorchvisionMaskTarget(self, batch, conf=box.conf, iou=box.iou, classes=box.classes,
+                                     max_dets=box.max_dets, topk=box.topk, mask_threshold=mask_threshold)
+
+    def supports(self, kind: str) -> bool:
+        """Mask targets only for a detector with a mask branch (Mask R-CNN)."""
+        return self.model.has_masks if kind == "masks" else super().supports(kind)
+
+    @property
+    def default_targets(self) -> str:
+        """"masks" for Mask R-CNN (its maps explain the masks), "boxes" for the other detectors."""
+        return "masks" if self.model.has_masks else "boxes"

@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Explain every detection of each image: writes <stem>.png (fused), <stem>_det<k>.png, "
                     "<stem>.json and <stem>_maps.npz into --out.")
     parser.add_argument("model", help="checkpoint path (Ultralytics .pt/.yaml; torchvision/smp state dict with "
-                        "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-unet")
+                        "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-maskrcnn, shapes-unet")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("--method", default=None, help="CAM method (default: layercam); e.g. hirescam, gradcam, "
                         "eigencam, gradcam++")

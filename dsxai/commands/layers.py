@@ -9,7 +9,7 @@ from . import add_trust_flag, trust_checkpoint
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("layers", help="list a model's candidate target layers with output shapes")
     parser.add_argument("model", help="checkpoint path (Ultralytics .pt or .yaml; torchvision/smp with --arch) or "
-                        "a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-unet")
+                        "a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-maskrcnn, shapes-unet")
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
                         "fasterrcnn_resnet50_fpn or smp:Unet:resnet34")
     parser.add_argument("--imgsz", type=int, default=320, help="example input side used to trace shapes")

@@ -85,6 +85,7 @@ _RETRAIN = {
     "shapes_yolov8-seg.pt": "python -m dsxai.zoo.training.yolo --task segment --out {dir}",
     "shapes_fasterrcnn.pt": "python -m dsxai.zoo.training.fasterrcnn --out {dir}",
     "shapes_unet.pt": "python -m dsxai.zoo.training.unet --out {dir}",
+    "shapes_maskrcnn_mask.pt": "python -m dsxai.zoo.training.maskrcnn --out {dir}",
 }
 
 # U-Net input normalisation (applied to RGB in [0, 1])
@@ -193,6 +194,25 @@ def load_shapes_fasterrcnn(device: str = "cpu", path: str | os.PathLike | None =
     load_state_dict_fp32(model, p)
     model.roi_heads.score_thresh = float(score_thresh)
     return model.eval().to(device)
+
+
+def load_shapes_maskrcnn(device: str = "cpu", score_thresh: float = 0.25, path: str | os.PathLike | None = None):
+    """Trained shapes-world Mask R-CNN in eval mode (float32): the shipped Faster R-CNN plus its mask branch,
+    trained on the frozen detector (``python -m dsxai.zoo.training.maskrcnn``)."""
+    from dsxai.adapters.torchvision_masks import add_mask_branch
+
+    model = load_shapes_fasterrcnn("cpu", score_thresh=score_thresh)
+    add_mask_branch(model, channels=(64, 64), resolution=14)
+    load_state_dict_fp32(mask_branch(model), Path(path) if path is not None else weights_path("shapes_maskrcnn_mask.pt"))
+    return model.eval().to(device)
+
+
+def mask_branch(model):
+    """The trained part of :func:`build_shapes_maskrcnn` (its mask head and predictor) as one module that
+    shares, not copies, them: what ``shapes_maskrcnn_mask.pt`` holds."""
+    from torch import nn
+
+    return nn.ModuleDict({n: getattr(model.roi_heads, n) for n in ("mask_head", "mask_predictor")})
 
 
 # ----------------------------------------------------------------------------------------------- U-Net
@@ -359,7 +379,8 @@ def miou_from_confusion(conf: np.ndarray) -> dict[str, Any]:
 
 #: names :func:`load_adapter` (and ``dsxai.adapters.resolve``, every MODEL argument of the CLI) accepts for
 #: the shipped shapes-world models
-ZOO_MODELS: tuple[str, ...] = ("shapes-yolo", "shapes-yolo-seg", "shapes-fasterrcnn", "shapes-unet")
+ZOO_MODELS: tuple[str, ...] = ("shapes-yolo", "shapes-yolo-seg", "shapes-fasterrcnn", "shapes-maskrcnn",
+                               "shapes-unet")
 #: other spellings :func:`load_adapter` accepts, registered too
 ZOO_ALIASES: tuple[str, ...] = ("shapes-yolov8", "shapes-yolov8-seg")
 
@@ -386,6 +407,11 @@ def load_adapter(name: str, device: str | None = None, trust: bool = False, **op
 
         options.setdefault("class_names", class_names)
         return TorchvisionDetectionAdapter(load_shapes_fasterrcnn(device or "cpu"), **options)
+    if key == "shapes-maskrcnn":
+        from dsxai.adapters.torchvision_detection import TorchvisionDetectionAdapter
+
+        options.setdefault("class_names", class_names)
+        return TorchvisionDetectionAdapter(load_shapes_maskrcnn(device or "cpu"), **options)
     if key == "shapes-unet":
         from dsxai.adapters.smp_segmentation import SMPAdapter
 
