@@ -26,7 +26,7 @@ from .runs import write_atomic  # the one atomic writer; re-exported for render'
 __all__ = [
     "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
     "MIN_TEXT_PX", "text_style", "label_rect", "draw_label", "box_share", "label_spots", "hidden_labels", "draw_detections", "draw_mask_contours", "render_detections",
-    "render_masks", "render_panels", "render_grid", "compare_methods", "banner", "titled", "grid", "write_png",
+    "render_masks", "render_panels", "render_grid", "compare_methods", "PANEL_PX", "enlarge", "banner", "titled", "grid", "write_png",
 ]
 
 #: colormaps OpenCV has built in; any other name is looked up in matplotlib
@@ -333,6 +333,34 @@ def compare_methods(image: np.ndarray, detections: Detections, maps_by_method: M
     panels = [titled(render_detections(image, detections, maps, alpha, colormap, per_box), name)
               for name, maps in maps_by_method.items()]
     return grid(panels, columns=columns)
+
+
+#: the smallest side of a panel in the demo and the benchmark gallery: labels and text stay readable
+PANEL_PX = 320
+
+
+def enlarge(image: np.ndarray, detections: Detections, maps: Tensor,
+            min_side: int = PANEL_PX) -> tuple[np.ndarray, Detections, Tensor]:
+    """The image, its detections and maps scaled up together until the short side is ``min_side`` px.
+
+    Unchanged when the image is already that large. Why: a 256 px panel's labels are unreadable,
+    and drawing at the larger size keeps text sharp (scaling a finished picture blurs it).
+    """
+    h, w = _check_image(image).shape[:2]
+    factor = min_side / min(h, w)
+    if factor <= 1:
+        return image, detections, maps
+    size = (int(round(h * factor)), int(round(w * factor)))
+    big = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    maps = (torch.nn.functional.interpolate(maps[None].float(), size, mode="bilinear", align_corners=False)[0]
+            if len(maps) else maps.new_zeros(0, *size))
+    masks = detections.masks
+    if masks is not None:
+        masks = torch.nn.functional.interpolate(masks[None].float(), size, mode="nearest")[0].bool()
+    scale = torch.tensor([size[1] / w, size[0] / h] * 2, dtype=detections.boxes.dtype)
+    scaled = Detections(boxes=detections.boxes * scale, scores=detections.scores, labels=detections.labels,
+                        image_size=size, class_names=detections.class_names, masks=masks, meta=detections.meta)
+    return big, scaled, maps
 
 
 def banner(image: np.ndarray, text: str) -> np.ndarray:
