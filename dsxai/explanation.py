@@ -23,7 +23,9 @@ from .imaging import ImageLike, load_images
 from .metrics import baseline_maps, energy_pointing_game
 from .colorbar import caption, with_colorbar
 from .labels import LARGE_BOX
-from .render import hidden_labels, render_detections, render_grid, render_masks, render_panels, write_png
+from .render import (GRID_COLUMNS, hidden_labels, render_detections, render_grid, render_masks, render_panels,
+                     write_png)
+from .render import grid as tile
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
 
 __all__ = ["Explanation", "map_figures", "check_stem", "write_index", "jsonable"]
@@ -37,6 +39,7 @@ INDEX = "explanation.json"  # the folder's manifest: format, stems, settings and
 #: the suffixes a saved image adds to its stem for its other files (``<stem>_det<k>.png``, ``<stem>_maps.npz``)
 DERIVED_SUFFIXES = r"_det\d+|_maps|_grid"
 _STYLES = ("fused", "grid", "masks")
+_GRID_DETAIL = "one map per detection"
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -162,24 +165,24 @@ class Explanation:
         if not colorbar or len(dets) == 0:
             return picture
         detail = {"fused": "each box rescaled to its own range" if per_box else "max of all maps",
-                  "masks": "each mask rescaled to its own range", "grid": "one map per detection"}[style]
+                  "masks": "each mask rescaled to its own range", "grid": _GRID_DETAIL}[style]
         hidden = hidden_labels(dets) if style != "grid" else 0
         if hidden:
             detail += f" | {hidden} label(s) hidden: no room (see the figures)"
-        return with_colorbar(picture, colormap, self._caption(detail), image.shape[:2])
+        return self._with_bar(picture, index, colormap, detail)
 
-    def _caption(self, detail: str) -> str:
-        return caption(self.settings.get("method"), self.settings.get("layers"), detail)
+    def _with_bar(self, picture: np.ndarray, index: int, colormap: str, detail: str) -> np.ndarray:
+        """``picture`` with the colour bar strip: the colormap, the method and layers, and ``detail``."""
+        title = caption(self.settings.get("method"), self.settings.get("layers"), detail)
+        return with_colorbar(picture, colormap, title, self._image(index).shape[:2])
 
     def panels(self, index: int = 0, colormap: str = "jet", alpha: float = 0.5,
                colorbar: bool = True) -> list[np.ndarray]:
         """One full-size picture per detection of image ``index`` (its map, its box and label; the colour bar)."""
-        image = self._image(index)
-        panels = render_panels(image, self.detections[index], self.maps[index], alpha, colormap)
+        panels = render_panels(self._image(index), self.detections[index], self.maps[index], alpha, colormap)
         if not colorbar:
             return panels
-        return [with_colorbar(p, colormap, self._caption(f"detection {k}"), image.shape[:2])
-                for k, p in enumerate(panels)]
+        return [self._with_bar(p, index, colormap, f"detection {k}") for k, p in enumerate(panels)]
 
     def figures(self, index: int = 0) -> list[dict[str, Any]]:
         """Per-map figures of image ``index``: see :func:`map_figures`."""
@@ -195,9 +198,9 @@ class Explanation:
 
         Per image ``<stem>`` (default ``image0``, ``image1``, ...): ``<stem>.png`` (fused picture),
         ``<stem>_grid.png`` (each detection's whole-image map with its box, unless ``grid=False``),
-        ``<stem>_det<k>.png`` (one per detection; pictures carry a colour bar unless ``colorbar=False``), ``<stem>.json`` (settings, detections and
-        per-map figures) and ``<stem>_maps.npz`` (maps as float16, masks as packed bits and, with
-        ``images=True``, the original image), plus ``explanation.json``: the folder's manifest, listing
+        ``<stem>_det<k>.png`` (one per detection; pictures carry a colour bar unless ``colorbar=False``),
+        ``<stem>.json`` (settings, detections and per-map figures) and ``<stem>_maps.npz`` (maps as
+        float16, masks as packed bits and, with ``images=True``, the original image), plus ``explanation.json``: the folder's manifest, listing
         the stems, the settings and exactly the files of this run. Files an earlier save into the same
         folder listed and this one does not write are removed (one run per folder). Every file is written
         atomically (temporary file, fsync, rename). Stems must be plain names (no folder, ``..`` or NUL).
@@ -250,13 +253,21 @@ class Explanation:
 
     def _save_pictures(self, directory: Path, index: int, stem: str, colormap: str, alpha: float,
                        colorbar: bool, grid: bool) -> list[Path]:
-        """The fused picture, the grid beside it (the evidence outside each box) and one per detection."""
+        """The fused picture, the grid beside it (the evidence outside each box) and one per detection.
+
+        The panels are drawn once and serve both the grid and the per-detection files.
+        """
         written = [write_png(directory / f"{stem}.png", self.render(index, "fused", colormap, alpha,
                                                                      colorbar=colorbar))]
-        if grid and len(self.detections[index]):
-            written.append(write_png(directory / f"{stem}_grid.png",
-                                     self.render(index, "grid", colormap, alpha, colorbar=colorbar)))
-        for k, panel in enumerate(self.panels(index, colormap, alpha, colorbar=colorbar)):
+        panels = self.panels(index, colormap, alpha, colorbar=False)
+        if grid and panels:
+            picture = tile(panels, columns=GRID_COLUMNS)
+            if colorbar:
+                picture = self._with_bar(picture, index, colormap, _GRID_DETAIL)
+            written.append(write_png(directory / f"{stem}_grid.png", picture))
+        for k, panel in enumerate(panels):
+            if colorbar:
+                panel = self._with_bar(panel, index, colormap, f"detection {k}")
             written.append(write_png(directory / f"{stem}_det{k}.png", panel))
         return written
 

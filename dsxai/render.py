@@ -25,8 +25,9 @@ from .runs import write_atomic  # the one atomic writer; re-exported for render'
 
 __all__ = [
     "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
-    "MIN_TEXT_PX", "text_style", "label_rect", "draw_label", "box_share", "label_spots", "hidden_labels", "draw_detections", "draw_mask_contours", "render_detections",
-    "render_masks", "render_panels", "render_grid", "compare_methods", "PANEL_PX", "enlarge", "banner", "titled", "grid", "write_png",
+    "MIN_TEXT_PX", "text_style", "label_rect", "draw_label", "box_share", "label_spots", "hidden_labels",
+    "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels", "render_grid",
+    "GRID_COLUMNS", "compare_methods", "PANEL_PX", "enlarge", "banner", "titled", "grid", "write_png",
 ]
 
 #: colormaps OpenCV has built in; any other name is looked up in matplotlib
@@ -187,7 +188,10 @@ def label_rect(text: str, box: Sequence[int], size: tuple[int, int], scale: floa
 
 def draw_label(out: np.ndarray, text: str, box: Sequence[int], color: tuple[int, int, int], scale: float,
                thickness: int) -> tuple[int, int, int, int]:
-    """Draw ``text`` on a filled ``color`` background next to ``box`` (in place); returns the label's rectangle."""
+    """Draw ``text`` on a filled ``color`` background next to ``box`` (in place); returns the label's rectangle.
+
+    ``(0, 0, 0, 0)`` and nothing drawn when the label cannot fit the image even at the smallest scale.
+    """
     spot = draw_labels(out, [text], [box], [color], scale, thickness)[0]
     return (0, 0, 0, 0) if spot is None else spot.rect
 
@@ -318,8 +322,12 @@ def render_panels(image: np.ndarray, detections: Detections, maps: Tensor, alpha
     return panels
 
 
+#: panels per row in a grid of detections (``style="grid"``, ``<stem>_grid.png``)
+GRID_COLUMNS = 4
+
+
 def render_grid(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5, colormap: str = "jet",
-                columns: int = 4) -> np.ndarray:
+                columns: int = GRID_COLUMNS) -> np.ndarray:
     """A grid with one panel per detection (see :func:`render_panels`); the banner when there are none."""
     panels = render_panels(image, detections, maps, alpha, colormap)
     return grid(panels, columns=columns) if panels else banner(image, "no detections")

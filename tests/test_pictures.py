@@ -95,7 +95,11 @@ def test_pictures_grow_by_the_strip_only_and_the_strip_says_method_and_layer():
 def test_save_writes_the_grid_beside_the_fused_picture_and_both_can_be_turned_off(tmp_path):
     ex = _explained([[10, 30, 60, 100], [90, 40, 150, 110]])
     ex.save(tmp_path / "on", stems=["a"])
-    assert cv2.imread(str(tmp_path / "on" / "a_grid.png")).shape[1] == 2 * (160 + 4) + 4
+    saved = cv2.cvtColor(cv2.imread(str(tmp_path / "on" / "a_grid.png")), cv2.COLOR_BGR2RGB)
+    assert saved.shape[1] == 2 * (160 + 4) + 4 and np.array_equal(saved, ex.render(0, "grid"))
+    for k, panel in enumerate(ex.panels(0)):  # the files hold what panels() and render() return
+        assert np.array_equal(cv2.cvtColor(cv2.imread(str(tmp_path / "on" / f"a_det{k}.png")), cv2.COLOR_BGR2RGB),
+                              panel)
     assert cv2.imread(str(tmp_path / "on" / "a.png")).shape[0] > 120
     ex.save(tmp_path / "off", stems=["a"], colorbar=False, grid=False)
     names = sorted(p.name for p in (tmp_path / "off").iterdir())
