@@ -200,7 +200,8 @@ class Explanation:
         ``<stem>_grid.png`` (each detection's whole-image map with its box, unless ``grid=False``),
         ``<stem>_det<k>.png`` (one per detection; pictures carry a colour bar unless ``colorbar=False``),
         ``<stem>.json`` (settings, detections and per-map figures) and ``<stem>_maps.npz`` (maps as
-        float16, masks as packed bits and, with ``images=True``, the original image), plus ``explanation.json``: the folder's manifest, listing
+        float16, masks as packed bits and, with ``images=True``, the original image), plus
+        ``explanation.json``: the folder's manifest, listing
         the stems, the settings and exactly the files of this run. Files an earlier save into the same
         folder listed and this one does not write are removed (one run per folder). Every file is written
         atomically (temporary file, fsync, rename). Stems must be plain names (no folder, ``..`` or NUL).
