@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .detections import Detections
 from .metrics import baseline_maps, energy_pointing_game, pointing_game
-from .render import compare_methods, render_masks, grid, titled, write_png
+from .render import PANEL_PX, compare_methods, enlarge, grid, render_masks, titled, write_png
 from .shapes import Scene, make_scenes
 from .pipeline import explain_maps
 
@@ -96,12 +96,13 @@ def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = MET
                 (detections,), (maps,) = explain_maps(adapter, scene.image, method=method)
                 maps_by_method[method] = maps
                 _score(table[name][method], detections, maps, scene, prior=True)
+            image, detections, maps_by_method = _enlarged(scene.image, detections, maps_by_method)
             if adapter.task == "segment":
-                panels = [titled(render_masks(scene.image, detections, maps), method)
+                panels = [titled(render_masks(image, detections, maps), method)
                           for method, maps in maps_by_method.items()]
                 picture = grid(panels, columns=len(panels))
             else:
-                picture = compare_methods(scene.image, detections, maps_by_method, columns=len(maps_by_method))
+                picture = compare_methods(image, detections, maps_by_method, columns=len(maps_by_method))
             path = write_png(out / f"{name}_scene{k}.png", picture)
             pictures[name].append(path.name)
         log(f"  {TITLES[name]}: {n_scenes} scenes x {len(methods)} methods done")
@@ -109,6 +110,15 @@ def run_demo(out: str | os.PathLike = "out/demo", methods: tuple[str, ...] = MET
     log(f"dsxai demo: wrote {sum(map(len, pictures.values()))} pictures and {summary} "
         f"in {time.perf_counter() - started:.0f} s")
     return summary
+
+
+def _enlarged(image: np.ndarray, detections: Detections, maps_by_method: dict[str, Tensor]
+              ) -> tuple[np.ndarray, Detections, dict[str, Tensor]]:
+    """The scene and every method's maps drawn at >= :data:`PANEL_PX` px a side (scored at the model's size)."""
+    big, big_dets, maps = image, detections, {}
+    for method, m in maps_by_method.items():
+        big, big_dets, maps[method] = enlarge(image, detections, m, PANEL_PX)
+    return big, big_dets, maps
 
 
 def _summary(out: Path, table: dict[str, dict[str, _Scores]], pictures: dict[str, list[str]],

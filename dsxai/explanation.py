@@ -21,7 +21,11 @@ from .boxes import box_masks
 from .detections import Detections
 from .imaging import ImageLike, load_images
 from .metrics import baseline_maps, energy_pointing_game
-from .render import render_detections, render_grid, render_masks, render_panels, write_png
+from .colorbar import caption, with_colorbar
+from .labels import LARGE_BOX
+from .render import (GRID_COLUMNS, hidden_labels, render_detections, render_grid, render_masks, render_panels,
+                     write_png)
+from .render import grid as tile
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
 
 __all__ = ["Explanation", "map_figures", "check_stem", "write_index", "jsonable"]
@@ -33,15 +37,12 @@ _FROM_PIPELINE = ("explain", "DEFAULT_METHOD", "resolve_classes")
 _FORMAT = "dsxai.explanation/1"
 INDEX = "explanation.json"  # the folder's manifest: format, stems, settings and exactly the run's files
 #: the suffixes a saved image adds to its stem for its other files (``<stem>_det<k>.png``, ``<stem>_maps.npz``)
-DERIVED_SUFFIXES = r"_det\d+|_maps"
+DERIVED_SUFFIXES = r"_det\d+|_maps|_grid"
 _STYLES = ("fused", "grid", "masks")
+_GRID_DETAIL = "one map per detection"
 
 
 # ----------------------------------------------------------------------------------------------- figures
-
-
-#: a box covering more than this share of the image holds most of any map: its energy in box says little
-LARGE_BOX = 0.5
 
 
 def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
@@ -49,7 +50,8 @@ def map_figures(detections: Detections, maps: Tensor) -> list[dict[str, Any]]:
 
     Keys: ``index``, ``label``, ``name``, ``score``, ``box`` (xyxy), ``peak`` ([x, y] pixel of the
     maximum), ``peak_value``, ``peak_in_box``, ``energy_in_box`` (share of the map's mass inside its
-    own box), ``no_evidence`` (the map is all zero: nothing positive at the explained layers, see
+    own box), ``energy_outside_box`` (the rest: evidence the fused picture hides; 0 for an all-zero
+    map), ``no_evidence`` (the map is all zero: nothing positive at the explained layers, see
     ``dsxai.engine.warn_no_evidence``), ``box_share`` (the box's share of the image) and ``large_box``
     (``box_share > LARGE_BOX``: energy in box is near 1 for any map there), ``prior_energy_in_box`` (the
     same figure for the box prior, a Gaussian at the box centre: what the box alone says).
@@ -87,6 +89,7 @@ def _figure(k: int, detections: Detections, px: Tensor, py: Tensor, peak_value: 
     for key, values in cols.items():
         value = values[k]
         fig[key] = bool(value) if value.dtype == torch.bool else round(float(value), 6)
+    fig["energy_outside_box"] = round(1.0 - fig["energy_in_box"], 6) if has[k] else 0.0
     fig["large_box"] = fig["box_share"] > LARGE_BOX
     fig["beats_box_prior"] = (bool(has[k]) and fig["energy_in_mask"] > fig["prior_energy_in_mask"]
                               if "energy_in_mask" in fig else None)
@@ -139,27 +142,47 @@ class Explanation:
         return self.images[index]
 
     def render(self, index: int = 0, style: str = "fused", colormap: str = "jet", alpha: float = 0.5,
-               per_box: bool = True) -> np.ndarray:
-        """A picture (H x W x 3 uint8 RGB) of image ``index``.
+               per_box: bool = True, colorbar: bool = True) -> np.ndarray:
+        """A picture (H x W x 3 uint8 RGB, plus the colour bar strip below) of image ``index``.
 
         Styles: ``"fused"`` all detections in one picture (each box shows its own map rescaled
         inside it when ``per_box``; boxes, names and scores on top); ``"grid"`` one panel per
-        detection with its map over the whole image; ``"masks"`` each mask shows its own map,
-        outlined (segmenters and instance segmenters). No detections: the image with a
-        "no detections" banner.
+        detection with its map over the whole image and its box (the evidence outside the box
+        that the fused view hides); ``"masks"`` each mask shows its own map, outlined (segmenters
+        and instance segmenters). ``colorbar``: a strip under the picture with the colormap from
+        0 to 1, the method and layers, and how many labels found no room (:mod:`dsxai.colorbar`).
+        No detections: the image with a "no detections" banner (no strip: there is no map).
         """
         if style not in _STYLES:
             raise ValueError(f"unknown style {style!r}; use one of {', '.join(_STYLES)}")
         image, dets, maps = self._image(index), self.detections[index], self.maps[index]
         if style == "fused":
-            return render_detections(image, dets, maps, alpha, colormap, per_box)
-        if style == "grid":
-            return render_grid(image, dets, maps, alpha, colormap)
-        return render_masks(image, dets, maps, alpha, colormap)
+            picture = render_detections(image, dets, maps, alpha, colormap, per_box)
+        elif style == "grid":
+            picture = render_grid(image, dets, maps, alpha, colormap)
+        else:
+            picture = render_masks(image, dets, maps, alpha, colormap)
+        if not colorbar or len(dets) == 0:
+            return picture
+        detail = {"fused": "each box rescaled to its own range" if per_box else "max of all maps",
+                  "masks": "each mask rescaled to its own range", "grid": _GRID_DETAIL}[style]
+        hidden = hidden_labels(dets) if style != "grid" else 0
+        if hidden:
+            detail += f" | {hidden} label(s) hidden: no room (see the figures)"
+        return self._with_bar(picture, index, colormap, detail)
 
-    def panels(self, index: int = 0, colormap: str = "jet", alpha: float = 0.5) -> list[np.ndarray]:
-        """One full-size picture per detection of image ``index`` (its map, its box and label)."""
-        return render_panels(self._image(index), self.detections[index], self.maps[index], alpha, colormap)
+    def _with_bar(self, picture: np.ndarray, index: int, colormap: str, detail: str) -> np.ndarray:
+        """``picture`` with the colour bar strip: the colormap, the method and layers, and ``detail``."""
+        title = caption(self.settings.get("method"), self.settings.get("layers"), detail)
+        return with_colorbar(picture, colormap, title, self._image(index).shape[:2])
+
+    def panels(self, index: int = 0, colormap: str = "jet", alpha: float = 0.5,
+               colorbar: bool = True) -> list[np.ndarray]:
+        """One full-size picture per detection of image ``index`` (its map, its box and label; the colour bar)."""
+        panels = render_panels(self._image(index), self.detections[index], self.maps[index], alpha, colormap)
+        if not colorbar:
+            return panels
+        return [self._with_bar(p, index, colormap, f"detection {k}") for k, p in enumerate(panels)]
 
     def figures(self, index: int = 0) -> list[dict[str, Any]]:
         """Per-map figures of image ``index``: see :func:`map_figures`."""
@@ -169,13 +192,16 @@ class Explanation:
 
     # --------------------------------------------------------------------------------- files
     def save(self, directory: str | Path, stems: Sequence[str] | None = None, *, images: bool = True,
-             pictures: bool = True, colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
+             pictures: bool = True, colormap: str = "jet", alpha: float = 0.5, colorbar: bool = True,
+             grid: bool = True) -> list[Path]:
         """Write each image's results into ``directory``; returns the paths written.
 
         Per image ``<stem>`` (default ``image0``, ``image1``, ...): ``<stem>.png`` (fused picture),
-        ``<stem>_det<k>.png`` (one per detection), ``<stem>.json`` (settings, detections and
-        per-map figures) and ``<stem>_maps.npz`` (maps as float16, masks as packed bits and, with
-        ``images=True``, the original image), plus ``explanation.json``: the folder's manifest, listing
+        ``<stem>_grid.png`` (each detection's whole-image map with its box, unless ``grid=False``),
+        ``<stem>_det<k>.png`` (one per detection; pictures carry a colour bar unless ``colorbar=False``),
+        ``<stem>.json`` (settings, detections and per-map figures) and ``<stem>_maps.npz`` (maps as
+        float16, masks as packed bits and, with ``images=True``, the original image), plus
+        ``explanation.json``: the folder's manifest, listing
         the stems, the settings and exactly the files of this run. Files an earlier save into the same
         folder listed and this one does not write are removed (one run per folder). Every file is written
         atomically (temporary file, fsync, rename). Stems must be plain names (no folder, ``..`` or NUL).
@@ -193,35 +219,57 @@ class Explanation:
         written = []
         for i, stem in enumerate(stems):
             written += self.save_image(directory, i, stem, images=images, pictures=pictures, colormap=colormap,
-                                       alpha=alpha)
+                                       alpha=alpha, colorbar=colorbar, grid=grid)
         written.append(write_index(directory, stems, self.settings, written))
         return written
 
     def save_image(self, directory: str | Path, index: int, stem: str, *, images: bool = True,
-                   pictures: bool = True, colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
-        """Write the files of one image (see :meth:`save`) without the ``explanation.json`` index."""
+                   pictures: bool = True, colormap: str = "jet", alpha: float = 0.5, colorbar: bool = True,
+                   grid: bool = True) -> list[Path]:
+        """Write the files of one image (see :meth:`save`) without the ``explanation.json`` index.
+
+        ``grid``: also ``<stem>_grid.png`` (every detection's whole-image map with its box) when there
+        are detections; ``colorbar``: the pictures carry the colour bar strip.
+        """
         directory = Path(directory)
         check_stem(stem)
         dets, maps = self.detections[index], self.maps[index]
-        written = []
-        if pictures:
-            written.append(write_png(directory / f"{stem}.png", self.render(index, "fused", colormap, alpha)))
-            for k, panel in enumerate(self.panels(index, colormap, alpha)):
-                written.append(write_png(directory / f"{stem}_det{k}.png", panel))
+        written = self._save_pictures(directory, index, stem, colormap, alpha, colorbar, grid) if pictures else []
         arrays: dict[str, np.ndarray] = {"maps": maps.detach().cpu().numpy().astype(np.float16)}
         if dets.masks is not None:
             arrays["masks"] = np.packbits(dets.masks.cpu().numpy(), axis=-1)
         if images and self.images:
             arrays["image"] = self.images[index]
         written.append(write_atomic(directory / f"{stem}_maps.npz", _npz_bytes(arrays)))
+        shown = {"fused": f"{stem}.png", "detections": [f"{stem}_det{k}.png" for k in range(len(dets))]}
+        if grid and len(dets):
+            shown["grid"] = f"{stem}_grid.png"
         record = {
             "format": _FORMAT, "stem": stem, "maps_file": f"{stem}_maps.npz", "settings": jsonable(self.settings),
             "detections": dets.to_dict(), "has_masks": dets.masks is not None,
-            "figures": self.figures(index),
-            "pictures": ({"fused": f"{stem}.png", "detections": [f"{stem}_det{k}.png" for k in range(len(dets))]}
-                         if pictures else {}),
+            "figures": self.figures(index), "pictures": shown if pictures else {},
         }
         written.append(write_atomic(directory / f"{stem}.json", json.dumps(record, indent=2).encode()))
+        return written
+
+    def _save_pictures(self, directory: Path, index: int, stem: str, colormap: str, alpha: float,
+                       colorbar: bool, grid: bool) -> list[Path]:
+        """The fused picture, the grid beside it (the evidence outside each box) and one per detection.
+
+        The panels are drawn once and serve both the grid and the per-detection files.
+        """
+        written = [write_png(directory / f"{stem}.png", self.render(index, "fused", colormap, alpha,
+                                                                     colorbar=colorbar))]
+        panels = self.panels(index, colormap, alpha, colorbar=False)
+        if grid and panels:
+            picture = tile(panels, columns=GRID_COLUMNS)
+            if colorbar:
+                picture = self._with_bar(picture, index, colormap, _GRID_DETAIL)
+            written.append(write_png(directory / f"{stem}_grid.png", picture))
+        for k, panel in enumerate(panels):
+            if colorbar:
+                panel = self._with_bar(panel, index, colormap, f"detection {k}")
+            written.append(write_png(directory / f"{stem}_det{k}.png", panel))
         return written
 
     @classmethod

@@ -20,12 +20,14 @@ from torch import Tensor
 
 from .boxes import pixel_bounds
 from .detections import Detections
+from .labels import LabelSpot, draw_labels, label_text, place_labels
 from .runs import write_atomic  # the one atomic writer; re-exported for render's callers
 
 __all__ = [
     "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
-    "text_style", "label_rect", "draw_label", "draw_detections", "draw_mask_contours", "render_detections",
-    "render_masks", "render_panels", "render_grid", "compare_methods", "banner", "titled", "grid", "write_png",
+    "MIN_TEXT_PX", "text_style", "label_rect", "draw_label", "box_share", "label_spots", "hidden_labels",
+    "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels", "render_grid",
+    "GRID_COLUMNS", "compare_methods", "PANEL_PX", "enlarge", "banner", "titled", "grid", "write_png",
 ]
 
 #: colormaps OpenCV has built in; any other name is looked up in matplotlib
@@ -146,10 +148,26 @@ def class_color(label: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
+#: the smallest text height in pixels (``cv2.getTextSize``) any picture's labels and captions use
+MIN_TEXT_PX = 12
+
+
+@lru_cache(maxsize=1)
+def _min_text_scale() -> float:
+    """The smallest font scale whose text is :data:`MIN_TEXT_PX` tall: readable in a 320 px panel."""
+    scale = 0.3
+    while cv2.getTextSize("Ag", _FONT, scale, 1)[0][1] < MIN_TEXT_PX:
+        scale += 0.01
+    return round(scale, 2)
+
+
 def text_style(size: tuple[int, int]) -> tuple[float, int, int]:
-    """Font scale, text thickness and line thickness for an image of ``(h, w)``: readable at any size."""
+    """Font scale, text thickness and line thickness for an image of ``(h, w)``: readable at any size.
+
+    Text is never under :data:`MIN_TEXT_PX` tall (a label wider than a tiny image is drawn smaller).
+    """
     short = min(size)
-    scale = float(np.clip(short / 700, 0.35, 4.0))
+    scale = float(np.clip(short / 700, _min_text_scale(), 4.0))
     text = max(1, int(round(scale * 1.6)))
     line = max(1, int(round(short / 320)))
     return scale, text, line
@@ -157,30 +175,52 @@ def text_style(size: tuple[int, int]) -> tuple[float, int, int]:
 
 def label_rect(text: str, box: Sequence[int], size: tuple[int, int], scale: float,
                thickness: int) -> tuple[int, int, int, int, int]:
-    """Where a label goes: ``(left, top, right, bottom, baseline_y)`` of its background, all inside the image.
+    """Where a lone label goes: ``(left, top, right, bottom, baseline_y)`` of its background, inside the image.
 
-    Above the box when there is room, else just inside its top edge; shifted left
-    when it would pass the right edge. ``right``/``bottom`` are exclusive.
+    Above the box, clipped into the image (so just inside the box at the top edge); shifted left when
+    it would pass the right edge. ``right``/``bottom`` are exclusive. Several labels: :func:`place_labels`.
     """
-    h, w = size
-    x1, y1 = int(box[0]), int(box[1])
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
-    lw, lh = min(w, tw + 4), min(h, th + base + 4)
-    left = int(np.clip(x1, 0, w - lw))
-    top = y1 - lh if y1 - lh >= 0 else y1
-    top = int(np.clip(top, 0, h - lh))
-    return left, top, left + lw, top + lh, top + 2 + th
+    spot = place_labels([text], [box], size, scale, thickness)[0]
+    if spot is None:
+        raise ValueError(f"label {text!r} cannot fit an image of {size[1]} x {size[0]} pixels")
+    return spot.left, spot.top, spot.right, spot.bottom, spot.baseline
 
 
 def draw_label(out: np.ndarray, text: str, box: Sequence[int], color: tuple[int, int, int], scale: float,
                thickness: int) -> tuple[int, int, int, int]:
-    """Draw ``text`` on a filled ``color`` background next to ``box`` (in place); returns the label's rectangle."""
-    h, w = out.shape[:2]
-    left, top, right, bottom, baseline = label_rect(text, box, (h, w), scale, thickness)
-    cv2.rectangle(out, (left, top), (right - 1, bottom - 1), color, -1)
-    ink = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
-    cv2.putText(out, text, (left + 2, baseline), _FONT, scale, ink, thickness, cv2.LINE_AA)
-    return left, top, right, bottom
+    """Draw ``text`` on a filled ``color`` background next to ``box`` (in place); returns the label's rectangle.
+
+    ``(0, 0, 0, 0)`` and nothing drawn when the label cannot fit the image even at the smallest scale.
+    """
+    spot = draw_labels(out, [text], [box], [color], scale, thickness)[0]
+    return (0, 0, 0, 0) if spot is None else spot.rect
+
+
+def box_share(box: Sequence[int], size: tuple[int, int]) -> float:
+    """A pixel box's share of the ``(h, w)`` image (the figures' ``box_share``)."""
+    return (box[2] - box[0]) * (box[3] - box[1]) / float(size[0] * size[1])
+
+
+def _labels(detections: Detections, size: tuple[int, int], show_scores: bool = True
+            ) -> tuple[list[str], list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
+    """Each detection's label text (large boxes flagged), pixel box and class colour."""
+    boxes = [_pixel_box(box, *size) for box in detections.boxes]
+    texts = [label_text(name, float(score) if show_scores else None, box_share(box, size))
+             for name, score, box in zip(detections.names, detections.scores, boxes)]
+    return texts, boxes, [class_color(int(label)) for label in detections.labels]
+
+
+def label_spots(detections: Detections) -> list[LabelSpot | None]:
+    """Where :func:`draw_detections` puts each detection's label in its picture (``None``: no room, not drawn)."""
+    size = detections.image_size
+    texts, boxes, _ = _labels(detections, size)
+    scale, thickness, _ = text_style(size)
+    return place_labels(texts, boxes, size, scale, thickness)
+
+
+def hidden_labels(detections: Detections) -> int:
+    """How many of the detections' labels find no free spot in their picture (and are not drawn)."""
+    return sum(spot is None for spot in label_spots(detections))
 
 
 def _outline(out: np.ndarray, box: tuple[int, int, int, int], color: tuple[int, int, int], line: int) -> None:
@@ -195,17 +235,18 @@ def _outline(out: np.ndarray, box: tuple[int, int, int, int], color: tuple[int, 
 
 def draw_detections(image: np.ndarray, detections: Detections, show_scores: bool = True,
                     labels: bool = True) -> np.ndarray:
-    """Boxes in their class colour, with class names and scores; labels scale with the image and never leave it."""
+    """Boxes in their class colour, with class names and scores (large boxes say so).
+
+    Labels scale with the image, never leave it and never cover each other (:func:`place_labels`).
+    """
     out = np.ascontiguousarray(_check_image(image).copy())
     h, w = out.shape[:2]
     scale, text_thickness, line = text_style((h, w))
-    for box, label, score, name in zip(detections.boxes, detections.labels, detections.scores, detections.names):
-        color = class_color(int(label))
-        x1, y1, x2, y2 = _pixel_box(box, h, w)
-        _outline(out, (x1, y1, x2, y2), color, line)
-        if labels:
-            draw_label(out, f"{name} {float(score):.2f}" if show_scores else name, (x1, y1, x2, y2), color,
-                       scale, text_thickness)
+    texts, boxes, colors = _labels(detections, (h, w), show_scores)
+    for box, color in zip(boxes, colors):
+        _outline(out, box, color, line)
+    if labels:
+        draw_labels(out, texts, boxes, colors, scale, text_thickness)
     return out
 
 
@@ -263,9 +304,8 @@ def render_masks(image: np.ndarray, detections: Detections, maps: Tensor, alpha:
     if labels:
         h, w = picture.shape[:2]
         scale, thickness, _ = text_style((h, w))
-        for box, label, score, name in zip(detections.boxes, detections.labels, detections.scores, detections.names):
-            draw_label(picture, f"{name} {float(score):.2f}", _pixel_box(box, h, w), class_color(int(label)),
-                       scale, thickness)
+        texts, boxes, colors = _labels(detections, (h, w))
+        draw_labels(picture, texts, boxes, colors, scale, thickness)
     return picture
 
 
@@ -282,8 +322,12 @@ def render_panels(image: np.ndarray, detections: Detections, maps: Tensor, alpha
     return panels
 
 
+#: panels per row in a grid of detections (``style="grid"``, ``<stem>_grid.png``)
+GRID_COLUMNS = 4
+
+
 def render_grid(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5, colormap: str = "jet",
-                columns: int = 4) -> np.ndarray:
+                columns: int = GRID_COLUMNS) -> np.ndarray:
     """A grid with one panel per detection (see :func:`render_panels`); the banner when there are none."""
     panels = render_panels(image, detections, maps, alpha, colormap)
     return grid(panels, columns=columns) if panels else banner(image, "no detections")
@@ -297,6 +341,34 @@ def compare_methods(image: np.ndarray, detections: Detections, maps_by_method: M
     panels = [titled(render_detections(image, detections, maps, alpha, colormap, per_box), name)
               for name, maps in maps_by_method.items()]
     return grid(panels, columns=columns)
+
+
+#: the smallest side of a panel in the demo and the benchmark gallery: labels and text stay readable
+PANEL_PX = 320
+
+
+def enlarge(image: np.ndarray, detections: Detections, maps: Tensor,
+            min_side: int = PANEL_PX) -> tuple[np.ndarray, Detections, Tensor]:
+    """The image, its detections and maps scaled up together until the short side is ``min_side`` px.
+
+    Unchanged when the image is already that large. Why: a 256 px panel's labels are unreadable,
+    and drawing at the larger size keeps text sharp (scaling a finished picture blurs it).
+    """
+    h, w = _check_image(image).shape[:2]
+    factor = min_side / min(h, w)
+    if factor <= 1:
+        return image, detections, maps
+    size = (int(round(h * factor)), int(round(w * factor)))
+    big = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    maps = (torch.nn.functional.interpolate(maps[None].float(), size, mode="bilinear", align_corners=False)[0]
+            if len(maps) else maps.new_zeros(0, *size))
+    masks = detections.masks
+    if masks is not None:
+        masks = torch.nn.functional.interpolate(masks[None].float(), size, mode="nearest")[0].bool()
+    scale = torch.tensor([size[1] / w, size[0] / h] * 2, dtype=detections.boxes.dtype)
+    scaled = Detections(boxes=detections.boxes * scale, scores=detections.scores, labels=detections.labels,
+                        image_size=size, class_names=detections.class_names, masks=masks, meta=detections.meta)
+    return big, scaled, maps
 
 
 def banner(image: np.ndarray, text: str) -> np.ndarray:

@@ -142,6 +142,8 @@ def test_links_point_only_to_files_of_the_output_folder(run):
     out, _ = run
     links = _parse((out / bench.REPORT).read_text()).links
     assert "metrics.png" in links and {f"gallery/{m}.png" for m in METHODS} <= set(links)
+    for m in METHODS:  # each gallery tile is at least 320 px a side (dsxai.render.PANEL_PX), with 4 px padding
+        assert min(cv2.imread(str(out / "gallery" / f"{m}.png")).shape[:2]) >= 320 + 2 * 4
     assert {bench.RESULTS, bench.PAIRS, bench.SUMMARY} <= set(links)
     listed = set(json.loads((out / bench.MANIFEST).read_text())["files"])
     for href in links:  # relative, inside the folder, written by this run

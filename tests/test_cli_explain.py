@@ -9,6 +9,7 @@ import pytest
 
 from dsxai import Explanation
 from dsxai.cli import main
+from dsxai.colorbar import colorbar_layout
 from dsxai.shapes import make_scenes
 
 pytest.importorskip("ultralytics")
@@ -40,16 +41,19 @@ def test_writes_pictures_and_json_per_image(pictures, tmp_path, capsys):
     code, stdout, _ = _run(capsys, *RANDOM_YOLO, pictures[0], *TINY, "--out", out, "--colormap", "magma")
     assert code == 0, stdout
     assert sorted(p.name for p in out.iterdir()) == ["explanation.json", "scene0.json", "scene0.png",
-                                                     "scene0_det0.png", "scene0_det1.png", "scene0_maps.npz"]
+                                                     "scene0_det0.png", "scene0_det1.png", "scene0_grid.png",
+                                                     "scene0_maps.npz"]
     fused = cv2.imread(str(out / "scene0.png"))
-    assert fused.shape == (96, 128, 3) and cv2.imread(str(out / "scene0_det1.png")).shape == (96, 128, 3)
+    barred = (96 + colorbar_layout(128, (96, 128))[4], 128, 3)  # the picture, then its colour bar strip
+    assert fused.shape == barred and cv2.imread(str(out / "scene0_det1.png")).shape == barred
+    assert cv2.imread(str(out / "scene0_grid.png")).shape[1] == 2 * (128 + 4) + 4
     record = json.loads((out / "scene0.json").read_text())
     assert len(record["detections"]["boxes"]) == 2 and len(record["figures"]) == 2
     assert {"peak", "energy_in_box", "peak_in_box"} <= set(record["figures"][0])
     assert record["settings"]["method"] == "layercam" and record["settings"]["image"].endswith("scene0.png")
-    assert "2 detection(s)" in stdout and str(out) in stdout
+    assert "2 detection(s)" in stdout and str(out) in stdout and "outside box" in stdout
     back = Explanation.load(out, images=[str(pictures[0])])
-    assert back.maps[0].shape == (2, 96, 128) and back.render(0).shape == (96, 128, 3)
+    assert back.maps[0].shape == (2, 96, 128) and back.render(0, colorbar=False).shape == (96, 128, 3)
 
 
 def test_folders_globs_method_layers_and_classes(pictures, tmp_path, capsys):

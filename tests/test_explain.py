@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 import dsxai
 from dsxai import Detections, Explanation
+from dsxai.colorbar import colorbar_layout
 from dsxai.explanation import DEFAULT_METHOD, map_figures, resolve_classes
 from dsxai.shapes import make_scenes
 
@@ -48,12 +50,15 @@ def test_explain_returns_one_map_per_detection(explained, images):
 
 
 def test_render_styles_keep_the_image_size(explained):
-    fused = explained.render(0)
+    fused = explained.render(0, colorbar=False)
     assert fused.shape == (120, 160, 3) and fused.dtype == np.uint8
+    barred = explained.render(0)  # the default adds the colour bar strip below, the picture itself unchanged
+    assert barred.shape == (120 + colorbar_layout(160, (120, 160))[4], 160, 3)
+    assert np.array_equal(barred[:120], fused)
     assert not np.array_equal(fused, explained.images[0])
-    assert not np.array_equal(explained.render(0, colormap="viridis"), fused)
+    assert not np.array_equal(explained.render(0, colormap="viridis", colorbar=False), fused)
     assert np.array_equal(explained.render(0, alpha=0.0, per_box=True), explained.render(0, alpha=0.0))
-    grid = explained.render(1, style="grid")
+    grid = explained.render(1, style="grid", colorbar=False)
     assert grid.shape[0] >= 120 and grid.shape[1] == 3 * (160 + 4) + 4
     with pytest.raises(ValueError, match="needs detections with masks"):
         explained.render(0, style="masks")
@@ -129,9 +134,11 @@ def test_zero_detections_give_an_empty_explanation(yolo, images, tmp_path):
 def test_save_and_load_round_trip(explained, tmp_path):
     written = explained.save(tmp_path, stems=["a", "b"])
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(["explanation.json", "a.png", "a.json", "a_maps.npz", "b.png", "b.json", "b_maps.npz"]
+    assert names == sorted(["explanation.json", "a.png", "a.json", "a_maps.npz", "b.png", "b.json", "b_maps.npz",
+                            "a_grid.png", "b_grid.png"]
                            + [f"{s}_det{k}.png" for s in "ab" for k in range(3)])
     assert sorted(p.name for p in written) == names
+    assert cv2.imread(str(tmp_path / "a_grid.png")).shape[1] == 3 * (160 + 4) + 4  # three panels side by side
     record = json.loads((tmp_path / "a.json").read_text())
     assert record["detections"]["boxes"] == explained.detections[0].to_dict()["boxes"]
     assert record["figures"] == explained.figures(0) and record["settings"]["method"] == "layercam"
@@ -151,7 +158,7 @@ def test_save_and_load_round_trip(explained, tmp_path):
     with pytest.raises(ValueError, match="holds no images"):
         lean.render(0)
     given = Explanation.load(tmp_path / "lean", images=explained.images)
-    assert given.render(0).shape == (120, 160, 3)
+    assert given.render(0, colorbar=False).shape == (120, 160, 3)
     with pytest.raises(FileNotFoundError, match="no saved explanation"):
         Explanation.load(tmp_path / "nothing")
 
@@ -162,7 +169,7 @@ def test_masks_round_trip(tmp_path):
     dets = Detections(boxes=torch.tensor([[0., 0, 10, 10], [5, 5, 37, 30]]), scores=torch.tensor([1.0, 0.5]),
                       labels=torch.tensor([1, 2]), image_size=(h, w), class_names={1: "x", 2: "y"}, masks=masks)
     ex = Explanation([dets], [torch.rand(2, h, w)], [np.zeros((h, w, 3), np.uint8)], {"method": "test"})
-    assert ex.render(0, style="masks").shape == (h, w, 3)
+    assert ex.render(0, style="masks", colorbar=False).shape == (h, w, 3)
     ex.save(tmp_path)
     back = Explanation.load(tmp_path)
     assert torch.equal(back.detections[0].masks, masks)
@@ -189,7 +196,7 @@ def test_segmenter_max_dets_limits_masks():
     ex = dsxai.explain(adapter, image, targets="masks", max_dets=2, min_area=1)
     assert ex.settings["task"] == "segment" and len(ex.detections[0]) == 2
     assert ex.detections[0].masks is not None and ex.maps[0].shape == (2, 64, 64)
-    assert ex.render(0, style="masks").shape == (64, 64, 3)
+    assert ex.render(0, style="masks", colorbar=False).shape == (64, 64, 3)
     assert "energy_in_mask" in ex.figures(0)[0]
 
 
@@ -227,7 +234,7 @@ def test_a_rerun_into_the_same_folder_leaves_one_run(tmp_path):
     (tmp_path / "mine.txt").write_text("not dsxai's")
     _small("second").save(tmp_path, stems=["a"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png", "a_det0.png", "a_det1.png",
-                                                          "a_maps.npz", "explanation.json", "mine.txt"]
+                                                          "a_grid.png", "a_maps.npz", "explanation.json", "mine.txt"]
     back = Explanation.load(tmp_path)
     assert len(back) == 1 and back.settings == {"method": "second"} and len(back.detections[0]) == 2
 

@@ -204,28 +204,36 @@ def write_gallery(out: Path, setup: BenchSetup, records: list[Record], k: int) -
     return written
 
 
-def _tile(setup: BenchSetup, method: str, value: float, record: Record, j: int, side: int = 256) -> np.ndarray | None:
-    """One gallery picture: pair ``j`` of ``record`` re-explained with ``method``, its boxes and E value."""
+def _tile(setup: BenchSetup, method: str, value: float, record: Record, j: int,
+          side: int | None = None) -> np.ndarray | None:
+    """One gallery picture: pair ``j`` of ``record`` re-explained with ``method``, its boxes and E value.
+
+    Drawn at ``side`` px (default :data:`dsxai.render.PANEL_PX`) after scaling, so text stays >= 12 px tall.
+    """
     import cv2
 
-    from ..render import draw_detections, overlay
+    from ..render import PANEL_PX, draw_detections, overlay, text_style
 
+    side = side or PANEL_PX
     image = setup.load(record["image_id"])
     dets, maps = explain_image(setup, image, method)
-    pair = record["pairs"][j]
-    ref = Detections(boxes=torch.tensor([pair["det_box"]]), scores=torch.tensor([pair["det_score"]]),
-                     labels=torch.zeros(1, dtype=torch.long), image_size=image.shape[:2],
-                     class_names={0: pair["category"]})
     if len(dets) == 0:
         return None
-    idx = int(box_iou(ref.boxes, dets.boxes).argmax())
-    pic = draw_detections(overlay(image, maps[idx].cpu()), ref)
-    x1, y1, x2, y2 = (int(round(v)) for v in pair["gt_box"])
-    cv2.rectangle(pic, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (0, 255, 0), 1)
-    cv2.putText(pic, f"E={value:.2f}", (2, pic.shape[0] - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                (255, 255, 255), 1, cv2.LINE_AA)
-    scale = side / max(pic.shape[:2])
-    pic = cv2.resize(pic, (max(1, int(pic.shape[1] * scale)), max(1, int(pic.shape[0] * scale))))
+    pair = record["pairs"][j]
+    idx = int(box_iou(torch.tensor([pair["det_box"]]), dets.boxes).argmax())
+    f = side / max(image.shape[:2])
+    size = (max(1, int(image.shape[0] * f)), max(1, int(image.shape[1] * f)))
+    small = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    heat = torch.nn.functional.interpolate(maps[idx][None, None].float().cpu(), size, mode="bilinear")[0, 0]
+    ref = Detections(boxes=torch.tensor([pair["det_box"]]) * f, scores=torch.tensor([pair["det_score"]]),
+                     labels=torch.zeros(1, dtype=torch.long), image_size=size, class_names={0: pair["category"]})
     canvas = np.full((side, side, 3), 255, np.uint8)
-    canvas[:pic.shape[0], :pic.shape[1]] = pic
+    canvas[:size[0], :size[1]] = draw_detections(overlay(small, heat), ref)
+    x1, y1, x2, y2 = (int(round(v * f)) for v in pair["gt_box"])
+    cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (0, 255, 0), 1)
+    scale, thickness, _ = text_style((side, side))
+    cv2.putText(canvas, f"E={value:.2f}", (2, side - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2,
+                cv2.LINE_AA)
+    cv2.putText(canvas, f"E={value:.2f}", (2, side - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                thickness, cv2.LINE_AA)
     return canvas

@@ -1,6 +1,7 @@
 """``dsxai explain MODEL IMAGE...``: one heatmap per detection, as pictures and JSON.
 
-For each image ``<stem>.png`` (all detections fused), ``<stem>_det<k>.png`` (one per
+For each image ``<stem>.png`` (all detections fused), ``<stem>_grid.png`` (each detection's
+whole-image map with its box: the evidence the fused view hides), ``<stem>_det<k>.png`` (one per
 detection), ``<stem>.json`` (detections and per-map figures) and ``<stem>_maps.npz``
 (the maps, float16), plus ``explanation.json`` listing exactly this run's files
 (``dsxai.Explanation.load(OUT)`` reads the folder back; a rerun into OUT removes the files
@@ -23,7 +24,8 @@ from . import CommandError, add_trust_flag, resolve_model
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "explain", help="explain each detection (or mask) of images with per-box heatmaps",
-        description="Explain every detection of each image: writes <stem>.png (fused), <stem>_det<k>.png, "
+        description="Explain every detection of each image: writes <stem>.png (fused), <stem>_grid.png, "
+                    "<stem>_det<k>.png, "
                     "<stem>.json and <stem>_maps.npz into --out.")
     parser.add_argument("model", help="checkpoint path (Ultralytics .pt/.yaml; torchvision/smp state dict with "
                         "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-maskrcnn, shapes-unet")
@@ -46,6 +48,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     parser.add_argument("--colormap", default="jet", help="OpenCV or matplotlib colormap name (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)")
+    parser.add_argument("--no-colorbar", dest="colorbar", action="store_false",
+                        help="pictures without the colour bar strip (scale, method and layers) below them")
+    parser.add_argument("--no-grid", dest="grid", action="store_false",
+                        help="skip <stem>_grid.png (each detection's whole-image map with its box)")
     add_trust_flag(parser)
     parser.set_defaults(run=run)
 
@@ -138,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
                 ex.settings["image"] = str(path)
                 ex.settings["exif_orientation"] = [read_orientation(path)]
                 method = ex.settings["method"]
-                written += ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha)
+                written += ex.save_image(out, 0, stem, images=False, colormap=args.colormap, alpha=args.alpha,
+                                         colorbar=args.colorbar, grid=args.grid)
                 done.append(stem)
                 settings = {k: v for k, v in ex.settings.items() if k != "image"}
                 total += len(ex.detections[0])
@@ -159,7 +166,7 @@ def _report(progress: Any, path: Path, ex: Any, picture: Path, single: bool) -> 
     if n == 0:
         text = f"{path}: no detections (wrote {picture} saying so)"
     elif single:
-        names = ", ".join(f"{f['name']} {f['score']:.2f}" for f in ex.figures(0))
+        names = ", ".join(_figure_text(f) for f in ex.figures(0))
         text = f"{path}: {n} detection(s): {names}"
     else:
         return
@@ -167,3 +174,9 @@ def _report(progress: Any, path: Path, ex: Any, picture: Path, single: bool) -> 
         print(text)
     else:
         progress.say(text)
+
+
+def _figure_text(figure: dict) -> str:
+    """``"person 0.91 (31% outside box, large box)"``: the share of the map the fused picture does not show."""
+    notes = [f"{figure['energy_outside_box']:.0%} outside box"] + (["large box"] if figure["large_box"] else [])
+    return f"{figure['name']} {figure['score']:.2f} ({', '.join(notes)})"
