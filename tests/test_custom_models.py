@@ -205,6 +205,7 @@ def test_adapter_factory_for_audit_and_bench(factories, tmp_path, capsys):
     (["--adapter", "{file}:segmenter", "--task", "segment"], "--adapter builds the whole adapter: drop --task"),
     (["--decode", "{file}:broken"], "--decode applies to detectors only: add --task detect"),
     (["--task", "segment"], "--task/--decode apply to .onnx models; mynet is not one"),
+    (["--adapter", "{file}:segmenter", "--imgsz", "320"], "--imgsz applies to YOLO models only; mynet takes"),
 ])
 def test_custom_model_errors_are_one_line(factories, tmp_path, capsys, flags, message):
     file, image = factories

@@ -46,6 +46,8 @@ def resolve_model(args: argparse.Namespace, options: dict) -> "Adapter":
     from .models import custom_adapter
 
     custom = custom_adapter(args)  # --adapter or MODEL.onnx: built as the user said, without YOLO options
+    if custom is not None and options:
+        raise CommandError(f"--imgsz applies to YOLO models only; {args.model} takes its own input size")
     if custom is not None:
         return custom
     try:
