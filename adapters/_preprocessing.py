@@ -7,6 +7,7 @@ lazily guessed layers). One module so every adapter pads and undoes alike.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -17,10 +18,12 @@ from torch import Tensor, nn
 
 from dsxai.adapter import Adapter, Batch
 from dsxai.imaging import Geometry, ImageLike, letterbox, load_images
-from dsxai.layers import guess_layers
+from dsxai.layers import guess_layers, preserved_state
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "round_up", "make_batch", "preprocessing_of",
-           "AdapterBase", "class_name_map"]
+           "AdapterBase", "class_name_map", "probe_batch_limit", "check_max_batch"]
+
+log = logging.getLogger("dsxai")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -162,6 +165,19 @@ class AdapterBase(Adapter):
     _pad_value: float = 0.0
     _layers: list[str] | None = None
     _example_size: tuple[int, int] = (256, 256)
+    _max_batch: int | str | None = None
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most images one forward takes (None: any); ``"auto"`` is probed once, at first use."""
+        if self._max_batch == "auto":
+            size = tuple(round_up(s, self._pad_multiple) for s in self._example_size)
+            self._max_batch = probe_batch_limit(self.model, torch.zeros(1, 3, *size, device=self.device))
+        return self._max_batch  # type: ignore[return-value]
+
+    @max_batch.setter
+    def max_batch(self, value: int | str | None) -> None:
+        self._max_batch = check_max_batch(value)
 
     @property
     def default_layers(self) -> list[str]:
@@ -192,3 +208,31 @@ def class_name_map(class_names: Any) -> dict[int, str]:
     if isinstance(class_names, dict):
         return {int(k): str(v) for k, v in class_names.items()}
     return {i: str(n) for i, n in enumerate(class_names)}
+
+
+def check_max_batch(value: Any) -> int | str | None:
+    """``max_batch`` as given: None (any batch), a positive int, or "auto" (probe at first use)."""
+    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"max_batch must be None, 'auto' or an int >= 1, got {value!r}")
+
+
+def probe_batch_limit(model: nn.Module, example: Tensor) -> int | None:
+    """1 when ``model`` fails on two copies of ``example`` ``[1, 3, h, w]`` but runs one (a fixed-batch
+    export), else None; logged once, since the caller then runs images one at a time.
+
+    Why: fixed-batch conversions (e.g. ONNX exported at batch 1) fail deep inside their Reshape ops.
+    """
+    with preserved_state(model), torch.no_grad():
+        try:
+            model(example.expand(2, -1, -1, -1).contiguous())
+            return None
+        except Exception:  # noqa: BLE001 - any failure at 2 images: see whether 1 image runs
+            pass
+        try:
+            model(example)
+        except Exception:  # noqa: BLE001 - fails at 1 too: not a batch problem; the real run reports it
+            return None
+    log.warning("%s fails on a batch of 2 images but runs one: running images one at a time",
+                type(model).__name__)
+    return 1

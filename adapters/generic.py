@@ -54,11 +54,14 @@ class SegmenterAdapter(SegmentationAdapter):
         background: class skipped by predicted masks (None: keep every class).
         layers: layers to explain; by default the last feature map (see
             :func:`guess_layers`), found with one forward at first use.
+        max_batch: the most images per forward: None (any), an int, or "auto"
+            (default): 1 when the module fails on 2 images but runs 1 (a
+            fixed-batch export), found with a probe at first use.
     """
 
     def __init__(self, module: nn.Module, preprocess: Any = None, *, class_names: Any = None,
                  background: int | None = 0, layers: Sequence[str | nn.Module] | None = None,
-                 **preprocessing: Any):
+                 max_batch: int | str | None = "auto", **preprocessing: Any):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.model = module
@@ -66,6 +69,7 @@ class SegmenterAdapter(SegmentationAdapter):
         self.class_names = class_name_map(class_names)
         self.background = background
         self.default_layers = layers
+        self.max_batch = max_batch
 
 
 class DecodedDetectionTarget(BoxMatchingTarget):
@@ -173,12 +177,14 @@ class DetectorAdapter(AdapterBase):
             (best candidate by IoU x probability of the class, see
             :class:`BoxMatchingTarget`).
         conf, iou, max_dets: defaults of :meth:`box_target`.
+        max_batch: the most images per forward (see :class:`SegmenterAdapter`; default "auto").
     """
 
     def __init__(self, module: nn.Module, decode: Callable[..., Sequence[Any]], preprocess: Any = None, *,
                  class_names: Any = None, layers: Sequence[str | nn.Module] | None = None,
                  rescore: Callable[[Any, Tensor, Tensor], Tensor] | None = None, conf: float = 0.25,
-                 iou: float | None = 0.45, max_dets: int = 100, **preprocessing: Any):
+                 iou: float | None = 0.45, max_dets: int = 100, max_batch: int | str | None = "auto",
+                 **preprocessing: Any):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         if not callable(decode):
@@ -190,6 +196,7 @@ class DetectorAdapter(AdapterBase):
         self.class_names = class_name_map(class_names)
         self.default_layers = layers
         self.conf, self.iou, self.max_dets = conf, iou, max_dets
+        self.max_batch = max_batch
 
     def decode_candidates(self, output: Any, batch: Batch) -> list[dict[str, Tensor]]:
         """The user's ``decode`` on ``output``, each image's entry checked and as a dict."""

@@ -63,7 +63,8 @@ def load(model: Any, arch: str | None = None, *, device: Any = None, trust: bool
         model: a :class:`~dsxai.adapter.Adapter` (returned as is); an ``ultralytics.YOLO``
             object or Ultralytics module; a torchvision detection model; an smp model; a
             YOLOv5 ``DetectionModel``; or a path: Ultralytics ``.pt``/``.yaml``, original
-            YOLOv5 ``.pt``, or a state dict with ``arch``.
+            YOLOv5 ``.pt``, a state dict with ``arch``, or an ``.onnx`` model with ``task=``
+            (and ``decode=`` for detectors; see :func:`dsxai.adapters.onnx_models.load_onnx`).
         arch: for state-dict checkpoints: a torchvision detection builder name
             (:data:`TORCHVISION_ARCHS`) or ``"smp:<Architecture>:<encoder>"`` such as
             ``"smp:Unet:resnet34"``; the class count is read from the state dict.
@@ -142,11 +143,12 @@ def _load_path(path: Path, arch: str | None, device: Any, trust: bool, options: 
         raise FileNotFoundError(f"checkpoint not found: {path}; expected {_PATH_HELP}")
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the checkpoint file inside it ({_PATH_HELP})")
-    if suffix == ".onnx":
-        raise ValueError(
-            f"{path} is an ONNX file, which has no gradients here; convert it with onnx2torch "
-            "(onnx2torch.convert) and wrap the module in dsxai.adapters.generic.DetectorAdapter or SegmenterAdapter"
-        )
+    if suffix == ".onnx":  # converted by onnx2torch: task= and decode= say how to read its output
+        from .onnx_models import load_onnx
+
+        if arch is not None:
+            raise ValueError(f"arch applies to state-dict checkpoints, not to the ONNX model {path} (drop arch)")
+        return load_onnx(path, device=device, **options)
     if arch is not None:
         return _load_state_dict(path, arch, device, trust, options)
     try:

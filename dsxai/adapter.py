@@ -82,12 +82,15 @@ class Adapter(ABC):
         class_names: class id -> name.
         default_layers: layer names explained when none are given.
         task: "detect", "segment" (semantic) or "instance" (boxes + masks).
+        max_batch: the most images one forward takes (None: any); workflows split larger batches
+            (fixed-batch exports fail inside the network otherwise).
     """
 
     model: nn.Module
     class_names: dict[int, str]
     default_layers: list[str]
     task: str = "detect"
+    max_batch: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -131,6 +134,9 @@ class Adapter(ABC):
     def predict(self, images: ImageLike | Sequence[ImageLike], **options: Any) -> list[Detections]:
         """Detections only, without explanations (one no-grad forward)."""
         batch = self.preprocess(images)
+        if self.max_batch is not None and len(batch) > self.max_batch:  # a fixed-batch model: a few at a time
+            step = self.max_batch
+            return [d for i in range(0, len(batch), step) for d in self.predict(batch.images[i:i + step], **options)]
         target = self.target(batch, None, **options)
         with preserved_state(self.model), torch.no_grad():
             target(self.model(batch.tensor))

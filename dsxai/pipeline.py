@@ -52,6 +52,11 @@ def explain_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], meth
     """
     cam = build_method(adapter, method, layers, method_options)
     batch = adapter.preprocess(images)
+    limit = adapter.max_batch
+    if limit is not None and len(batch) > limit:  # a fixed-batch model fails inside itself on more
+        parts = [explain_maps(adapter, batch.images[i:i + limit], cam, targets=targets, **target_options)
+                 for i in range(0, len(batch), limit)]
+        return [d for p in parts for d in p[0]], [m for p in parts for m in p[1]]
     target = adapter.target(batch, targets, **target_options)
     result = cam.explain(batch.tensor, target)
     detections = getattr(target, "detections", None)

@@ -43,7 +43,13 @@ def resolve_model(args: argparse.Namespace, options: dict) -> "Adapter":
     ``--imgsz`` given to a model with its own input size fails in the flag's words.
     """
     from ..adapters import UnknownOptionError, resolve
+    from .models import custom_adapter
 
+    custom = custom_adapter(args)  # --adapter or MODEL.onnx: built as the user said, without YOLO options
+    if custom is not None and options:
+        raise CommandError(f"--imgsz applies to YOLO models only; {args.model} takes its own input size")
+    if custom is not None:
+        return custom
     try:
         return resolve(args.model, arch=args.arch, device=getattr(args, "device", None),
                        trust=trust_checkpoint(args), **options)

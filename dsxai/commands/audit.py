@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from . import CommandError, add_trust_flag, trust_checkpoint
+from .models import add_model_flags, custom_adapter
 
 if TYPE_CHECKING:
     from ..auditing import AuditResult
@@ -56,6 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--arch", default=None, help="architecture of a state-dict checkpoint, e.g. "
                         "smp:Unet:resnet34")
     add_trust_flag(parser)
+    add_model_flags(parser)
     parser.add_argument("--class-map", default=None, help="JSON file {model_class_name_or_id: coco_category_name} "
                         "for --coco categories not named as the model's classes")
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels "
@@ -101,7 +103,7 @@ def _audit(args: argparse.Namespace, classes: list[str] | None, layers: list[str
     from ..runs import SettingsChanged
 
     try:
-        return audit(args.model, args.images, masks=args.masks, coco=args.coco, out=args.out, method=args.method,
+        return audit(custom_adapter(args) or args.model, args.images, masks=args.masks, coco=args.coco, out=args.out, method=args.method,
                      layers=layers, classes=classes, min_area=args.min_area, device=args.device, resume=args.resume,
                      arch=args.arch, ring_px=args.ring_px, ring_frac=args.ring_frac, max_outside=args.max_outside,
                      min_confidence=args.min_confidence, min_iou=args.min_iou, conf=args.conf,

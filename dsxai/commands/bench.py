@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import CommandError, add_trust_flag, trust_checkpoint
+from .models import add_model_flags, check_model_flags, custom_adapter
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -54,6 +55,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="join this Ray cluster (e.g. HEAD_IP:6379 from `ray start --head`); with it "
                              "--workers defaults to one per GPU (CUDA) or CPU of the cluster")
     add_trust_flag(parser)
+    add_model_flags(parser)
     parser.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels "
                         "(default: 40000000, dsxai.imaging.MAX_PIXELS)")
     parser.set_defaults(run=run)
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     check_bench_options(limit=args.limit, steps=args.steps, conf=args.conf, gallery=args.gallery, imgsz=args.imgsz,
                         max_pixels=args.max_pixels, batch_size=args.batch_size, workers=args.workers)
     _check_ray(args)
+    check_model_flags(args)
     out = Path(args.out)
     model = args.model
     if args.synthetic:
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("no methods given; pass e.g. --methods gradcam,layercam")
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     results = run_benchmark(
-        model, annotations, images, out, methods=methods, limit=args.limit,
+        custom_adapter(args) or model, annotations, images, out, methods=methods, limit=args.limit,
         categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
         imgsz=args.imgsz, arch=args.arch, faithfulness=args.faithfulness, steps=args.steps,
         batch_size=args.batch_size, conf=args.conf,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import CommandError, add_trust_flag, resolve_model
+from .models import add_model_flags, layer_note
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -53,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-grid", dest="grid", action="store_false",
                         help="skip <stem>_grid.png (each detection's whole-image map with its box)")
     add_trust_flag(parser)
+    add_model_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -131,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runs import Progress, unique_stems
 
     adapter, paths, options = prepare(args)
+    if options["layers"] is None:  # a default can sit on a poor branch: say which layer, and how to pick another
+        print(layer_note(adapter))
     out = Path(args.out)
     stems = unique_stems(paths, derived=DERIVED_SUFFIXES)
     total, method = 0, args.method

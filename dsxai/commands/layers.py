@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from . import add_trust_flag, trust_checkpoint
+from .models import add_model_flags, custom_adapter
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,6 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--imgsz", type=int, default=320, help="example input side used to trace shapes")
     parser.add_argument("--all", action="store_true", help="list every module, not only 4-D feature maps")
     add_trust_flag(parser)
+    add_model_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -42,6 +44,9 @@ def _adapter(args: argparse.Namespace):
     """
     from ..adapters import UnknownOptionError, resolve
 
+    custom = custom_adapter(args)
+    if custom is not None:
+        return custom
     trust = trust_checkpoint(args)
     if args.arch is None:
         try:
