@@ -28,6 +28,7 @@ from dsxai.targets import Target
 
 from ._candidates import best_class_candidates
 from ._preprocessing import class_name_map, round_up
+from ._yolo_levels import detection_layers
 
 __all__ = ["DenseOutput", "network_size", "letterbox_batch", "mirror_anchors", "mask_logits", "YOLOBoxTarget",
            "YOLOClassTarget", "YOLOAdapterBase", "yolo_class_names", "head_inputs", "PICK_ATOL"]
@@ -137,6 +138,8 @@ class YOLOBoxTarget(DetectionTarget):
         self.levels = levels
         self.with_masks = with_masks
         self.anchors: list[Tensor] = []
+        #: the head's input layer of each level (set by the adapter; ``fuse="level"`` reads it)
+        self.level_layers: list[str] = []
         self.labels: list[Tensor] = []
         self.network_boxes: list[Tensor] = []
 
@@ -201,6 +204,10 @@ class YOLOBoxTarget(DetectionTarget):
                                align_corners=False)[0]
             masks[part] = (geometry.maps_to_original(up) > 0) & box_masks(boxes[part], (h, w), masks.device)
         return masks
+
+    def source_layers(self) -> list[list[str]]:
+        """Per image, the head-input layer each detection was predicted from (``fuse="level"``)."""
+        return detection_layers(self)
 
     # ------------------------------------------------------------- mirroring
     def hflip(self, width: int) -> "YOLOBoxTarget":
@@ -369,8 +376,10 @@ class YOLOAdapterBase(Adapter):
                      **options: Any) -> YOLOBoxTarget:
         """A ``kind`` target (:class:`YOLOBoxTarget` or a subclass) over ``batch``, fresh head caches first."""
         self._reset_inference_caches()
-        return kind(self.dense, batch.geometries, self.class_names, conf, iou, classes, max_dets,
-                    self.use_nms(nms), self.levels(batch.tensor.shape[-2:]), **options)
+        target = kind(self.dense, batch.geometries, self.class_names, conf, iou, classes, max_dets,
+                      self.use_nms(nms), self.levels(batch.tensor.shape[-2:]), **options)
+        target.level_layers = head_inputs(self.head)
+        return target
 
     def yolo_class_target(self, batch: Batch, classes: Sequence[int] | None, reduce: str, conf: float,
                           iou: float, max_dets: int, nms: bool | None = None) -> YOLOClassTarget:

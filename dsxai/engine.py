@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fusion import FUSIONS, keep_sources, level_keep
 from .layers import LayerSpec, capture_outputs, feature_maps, preserved_state, resolve_layers, tensor_leaves
 from .targets import ClassTarget
 
@@ -178,7 +179,8 @@ class BaseCAM:
         layers: dotted names (as in ``model.named_modules()``) or modules; each tensor a
             layer outputs (tuple, list, dict, every call) is one map source.
         reshape: turns a token output (ViT, Swin) into ``[B, C, h, w]``.
-        fuse: how the sources' maps combine after upsampling: "mean" or "max".
+        fuse: how the sources' maps combine after upsampling: "mean", "max" or "level" (each target keeps
+            only the layer it was read from, e.g. a YOLO detection's head level; :mod:`dsxai.fusion`).
         chunk_size: targets per batched backward (bounds memory).
         batch_size: images per forward for perturbation methods.
         noise_samples, noise_sigma: SmoothGrad-style mean over the clean image and
@@ -214,8 +216,11 @@ class BaseCAM:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if fuse not in ("mean", "max"):
-            raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
+        if fuse not in FUSIONS:
+            raise ValueError(f"fuse must be one of {', '.join(map(repr, FUSIONS))}, got {fuse!r}")
+        if fuse == "level" and self.class_agnostic:
+            raise ValueError(f"fuse='level' picks a layer per target, but {type(self).__name__} makes one map per "
+                             "image; use fuse='mean'")
         if chunk_size < 1 or batch_size < 1:
             raise ValueError("chunk_size and batch_size must be at least 1")
         self.model = model
@@ -300,8 +305,11 @@ class BaseCAM:
         if scores.flat.numel() == 0:
             return [x.new_zeros((0,) + tuple(size), dtype=torch.float32) for _ in scores.counts], scores
         low_res = self.low_res_maps(x, sources, targets, scores)
-        warn_no_evidence(self.model, [s.name for s in sources], low_res)
-        fused = fuse_sources(low_res, tuple(size), self.fuse)
+        if self.fuse == "level":
+            low_res = keep_sources(low_res, level_keep([s.name for s in sources], targets, scores.counts))
+        else:
+            warn_no_evidence(self.model, [s.name for s in sources], low_res)
+        fused = fuse_sources(low_res, tuple(size), "max" if self.fuse == "max" else "mean")
         if self.class_agnostic:  # one map per image, upsampled once, then copied for each of its targets
             fused = fused[scores.image_of]
         return list(fused.split(scores.counts)), scores

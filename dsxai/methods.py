@@ -16,8 +16,8 @@ from .gradient import GradientCAM
 from .perturbation import PerturbationCAM, scores_on_copies
 
 __all__ = [
-    "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM", "EigenGradCAM",
-    "ScoreCAM", "AblationCAM", "METHODS", "get_method", "first_component",
+    "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "LevelLayerCAM", "LevelHiResCAM",
+    "EigenCAM", "EigenGradCAM", "ScoreCAM", "AblationCAM", "METHODS", "get_method", "first_component",
 ]
 
 
@@ -62,6 +62,21 @@ class LayerCAM(GradientCAM):
 
     def cam_from_gradients(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return (gradients.relu() * activations).sum(1)
+
+
+class LevelLayerCAM(LayerCAM):
+    """LayerCAM with ``fuse="level"``: each detection's map from the head level that predicted it
+    (:mod:`dsxai.fusion`); the method behind the person-set figures above the box prior (benchmarks/README.md)."""
+
+    def __init__(self, *args, fuse: str = "level", **kwargs):
+        super().__init__(*args, fuse=fuse, **kwargs)
+
+
+class LevelHiResCAM(HiResCAM):
+    """HiResCAM with ``fuse="level"`` (see :class:`LevelLayerCAM`)."""
+
+    def __init__(self, *args, fuse: str = "level", **kwargs):
+        super().__init__(*args, fuse=fuse, **kwargs)
 
 
 PCA_SOLVERS = ("svd", "gram", "lowrank")
@@ -219,6 +234,8 @@ METHODS: dict[str, type[BaseCAM]] = {
     "xgradcam": XGradCAM,
     "hirescam": HiResCAM,
     "layercam": LayerCAM,
+    "layercamlevel": LevelLayerCAM,  # spelled layercam-level: get_method drops '-' and '_'
+    "hirescamlevel": LevelHiResCAM,
     "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
