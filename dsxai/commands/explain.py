@@ -46,6 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     parser.add_argument("--colormap", default="jet", help="OpenCV or matplotlib colormap name (default: jet)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1] (default: 0.5)")
+    parser.add_argument("--sanity", action="store_true", help="also explain each detection with randomised "
+                        "weights and report the rank correlation (sanity_rank_correlation: high = the map reflects "
+                        "the architecture, not the trained weights)")
     add_trust_flag(parser)
     parser.set_defaults(run=run)
 
@@ -135,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         with Progress(len(paths)) as progress:
             for path, stem in zip(paths, stems):
                 ex = explain(adapter, [load_image(path, args.max_pixels)], **options)
+                if args.sanity:
+                    _sanity(progress, path, adapter, ex)
                 ex.settings["image"] = str(path)
                 ex.settings["exif_orientation"] = [read_orientation(path)]
                 method = ex.settings["method"]
@@ -167,3 +172,13 @@ def _report(progress: Any, path: Path, ex: Any, picture: Path, single: bool) -> 
         print(text)
     else:
         progress.say(text)
+
+
+def _sanity(progress: Any, path: Path, adapter: Any, ex: Any) -> None:
+    """``--sanity``: the randomised-weights rank correlation per detection, into the figures and printed."""
+    from ..sanity import add_sanity
+
+    values = add_sanity(adapter, ex)
+    shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in values) or "no detections"
+    progress.say(f"{path}: sanity rank correlation with random weights per detection (high = the map reflects "
+                 f"the architecture, not the weights): {shown}")
