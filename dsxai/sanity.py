@@ -89,24 +89,21 @@ def randomized_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], m
     on the twin's output, so row ``k`` explains the same detection as in :func:`dsxai.pipeline.explain_maps`.
     ``layers`` name modules of ``adapter.model`` (default: its ``default_layers``); the twin has the same names.
     """
-    if random_model is None:
-        random_model = randomized_copy(adapter.model, seed)
-    batch = adapter.preprocess(images)
-    target = adapter.target(batch, targets, **target_options)
-    model = adapter.model
-    with preserved_state(model), torch.no_grad():
-        target(model(batch.tensor))  # decode once, with the trained weights
-    names = [layers] if isinstance(layers, (str, nn.Module)) else layers
-    names = [_name_in(model, x) for x in names] if names else list(adapter.default_layers)
     if isinstance(method, BaseCAM):
         raise ValueError("pass a method name or class: the randomised twin needs a method of its own")
-    cam = get_method(method)(random_model, names, **(method_options or {}))
-    result = cam.explain(batch.tensor, target)
-    detections = getattr(target, "detections", None)
-    if detections is None:
+    model = adapter.model
+    names = [layers] if isinstance(layers, (str, nn.Module)) else layers
+    names = [_name_in(model, x) for x in names] if names else list(adapter.default_layers)
+    batch = adapter.preprocess(images)
+    target = adapter.target(batch, targets, **target_options)
+    with preserved_state(model), torch.no_grad():
+        target(model(batch.tensor))  # decode once, with the trained weights
+    if getattr(target, "detections", None) is None:  # refused before the twin's backward is paid for
         raise ValueError(f"targets {targets or adapter.default_targets!r} of {type(adapter).__name__} keep no "
                          "detections, so the randomised maps would explain nothing nameable")
-    return detections, [g.maps_to_original(m) for g, m in zip(batch.geometries, result.maps)]
+    twin = random_model if random_model is not None else randomized_copy(model, seed)
+    maps = get_method(method)(twin, names, **(method_options or {})).explain(batch.tensor, target).maps
+    return target.detections, [g.maps_to_original(m) for g, m in zip(batch.geometries, maps)]
 
 
 def _name_in(model: nn.Module, layer: str | nn.Module) -> str:

@@ -5,30 +5,18 @@ import json
 import math
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from _model_state import assert_unchanged, snapshot
 
-from dsxai import shapes, zoo
+from test_sanity import adapter, scene_image  # noqa: F401  (the shared fixtures: shapes YOLO, one scene)
+
 from dsxai.cli import main
 from dsxai.imaging import load_image
 from dsxai.layercompare import CELL, JSON, MAX_ROWS, PNG, candidate_layers, compare_layers, stage_layers
 from dsxai.render import text_style, write_png
 
 LAYERS = ["model.15", "model.18"]
-
-
-@pytest.fixture(scope="module")
-def adapter():
-    from dsxai.adapters import resolve
-
-    return resolve("shapes-yolo")
-
-
-@pytest.fixture(scope="module")
-def scene_image() -> np.ndarray:
-    return shapes.make_scenes(1, zoo.TEST_SEED)[0].image
 
 
 @pytest.fixture(scope="module")
