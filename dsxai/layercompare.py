@@ -240,7 +240,6 @@ def _explain_all(adapter: Any, twin: nn.Module, image: np.ndarray, method: str,
     reference: Detections | None = None
     for name, layers in candidates:
         dets, trained = explain_maps(adapter, image, method, layers, **options)
-        _, randomised = randomized_maps(adapter, image, method, layers, random_model=twin, **options)
         dets = dets[0].cpu()
         if reference is None:
             if len(dets) == 0:
@@ -248,7 +247,8 @@ def _explain_all(adapter: Any, twin: nn.Module, image: np.ndarray, method: str,
                                  "or pass another image")
             reference = dets
         elif len(dets) != len(reference):  # one image, one target: every layer explains the same detections
-            raise ValueError(f"layer {name!r} explained {len(dets)} detections, {layers[0]!r} {len(reference)}")
+            raise ValueError(f"layer {name!r} explained {len(dets)} detections, the first layer {len(reference)}")
+        _, randomised = randomized_maps(adapter, image, method, layers, random_model=twin, **options)
         maps[name], random[name] = trained[0].float().cpu(), randomised[0].float().cpu()
         row, energy, corrs = _row(name, layers, layers == defaults, reference, maps[name], random[name])
         rows.append(row)

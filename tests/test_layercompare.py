@@ -5,6 +5,7 @@ import json
 import math
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from _model_state import assert_unchanged, snapshot
@@ -94,3 +95,10 @@ def test_cli_compare_writes_files_and_prints_the_recommendation(scene_image, tmp
     assert "recommended layer: model.15" in stdout
     assert main(["layers", "shapes-yolo", "--compare", str(image), "--out", str(out), "--layers", "nope"]) == 2
     assert "unknown layer name 'nope'" in capsys.readouterr().err
+
+
+def test_an_image_without_detections_is_refused_clearly(adapter, tmp_path):
+    blank = np.full((96, 96, 3), 114, np.uint8)
+    with pytest.raises(ValueError, match="no detections in the image"):
+        compare_layers(adapter, blank, layers=["model.15"], out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
