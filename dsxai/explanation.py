@@ -111,12 +111,15 @@ class Explanation:
             they were not saved (pass them to :meth:`load`).
         settings: how the maps were made (method, layers, targets, conf, classes, max_dets,
             device, dsxai version, ...).
+        extras: per image, more per-map figures by name (one value per map, e.g.
+            ``sanity_rank_correlation`` from :func:`dsxai.sanity.add_sanity`), merged into :meth:`figures`.
     """
 
     detections: list[Detections]
     maps: list[Tensor]
     images: list[np.ndarray] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    extras: list[dict[str, list[Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.detections) != len(self.maps):
@@ -188,7 +191,11 @@ class Explanation:
         """Per-map figures of image ``index``: see :func:`map_figures`."""
         if not 0 <= index < len(self):
             raise IndexError(f"image index {index} out of range for an explanation of {len(self)} image(s)")
-        return map_figures(self.detections[index], self.maps[index])
+        figures = map_figures(self.detections[index], self.maps[index])
+        for key, values in (self.extras[index] if index < len(self.extras) else {}).items():
+            for figure, value in zip(figures, values):
+                figure[key] = value
+        return figures
 
     # --------------------------------------------------------------------------------- files
     def save(self, directory: str | Path, stems: Sequence[str] | None = None, *, images: bool = True,
@@ -247,7 +254,9 @@ class Explanation:
         record = {
             "format": _FORMAT, "stem": stem, "maps_file": f"{stem}_maps.npz", "settings": jsonable(self.settings),
             "detections": dets.to_dict(), "has_masks": dets.masks is not None,
-            "figures": self.figures(index), "pictures": shown if pictures else {},
+            "figures": self.figures(index),
+            "extras": jsonable(self.extras[index] if index < len(self.extras) else {}),
+            "pictures": shown if pictures else {},
         }
         written.append(write_atomic(directory / f"{stem}.json", json.dumps(record, indent=2).encode()))
         return written
@@ -285,7 +294,7 @@ class Explanation:
         stems, files, settings = _read_index(directory)
         if not stems:
             raise FileNotFoundError(f"no saved explanation in {directory} (no explanation.json or <stem>.json)")
-        detections, maps, originals = [], [], []
+        detections, maps, originals, extras = [], [], [], []
         for stem in stems:
             record = _read_member(directory, f"{stem}.json", files)
             if not isinstance(record, dict) or record.get("format") != _FORMAT:
@@ -299,6 +308,7 @@ class Explanation:
                 if record.get("has_masks"):
                     masks = torch.from_numpy(np.unpackbits(data["masks"], axis=-1, count=size[1]).astype(bool))
                 detections.append(Detections.from_dict(record["detections"], masks=masks))
+                extras.append(record.get("extras") or {})
                 maps.append(torch.from_numpy(data["maps"].astype(np.float32)))
                 if "image" in data:
                     originals.append(data["image"])
@@ -306,7 +316,7 @@ class Explanation:
             originals = load_images(list(images) if isinstance(images, (list, tuple)) else images)
         elif len(originals) != len(stems):
             originals = []
-        return cls(detections=detections, maps=maps, images=originals, settings=settings or {})
+        return cls(detections=detections, maps=maps, images=originals, settings=settings or {}, extras=extras)
 
 
 def check_stem(stem: str) -> str:

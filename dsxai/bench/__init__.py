@@ -35,7 +35,8 @@ from ..metrics import BASELINES, baseline_maps
 from .config import (CONFIG, DEFAULT_METHODS, JOURNAL, MANIFEST, METRICS, PAIRS, RESULTS,
                      SUMMARY, SYNTHETIC_DIR, BenchConfig, BenchError, check_bench_options)
 from .page import REPORT, report_html
-from .per_image import load_bench_adapter, randomized_copy
+from ..sanity import randomized_copy
+from .per_image import load_bench_adapter
 from .run import run_benchmark
 from .score import bootstrap_ci, match_detections, score_pairs
 from .synthetic import write_synthetic_coco

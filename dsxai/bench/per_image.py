@@ -5,7 +5,6 @@ stay free of model code.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -13,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..boxes import box_iou
 from ..detections import Detections
@@ -24,7 +23,7 @@ from .config import BenchConfig, BenchError
 from .faithfulness import ForwardCounter, add_faithfulness, image_faithfulness
 from .score import match_detections, score_baselines, score_maps
 
-__all__ = ["BenchSetup", "load_bench_adapter", "randomized_copy", "explain_image", "process_image"]
+__all__ = ["BenchSetup", "load_bench_adapter", "explain_image", "process_image"]
 
 
 @dataclass
@@ -63,23 +62,6 @@ def load_bench_adapter(model: Any, arch: str | None = None, device: str | None =
         raise BenchError(f"{type(adapter).__name__} is a semantic segmenter: the localization benchmark needs a "
                          "detector (per-box targets), e.g. a YOLO or torchvision detection checkpoint")
     return adapter
-
-
-def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` with every parameterised layer re-initialised (``reset_parameters``) under a
-    fixed seed: the model-randomisation sanity check (Adebayo et al. 2018)."""
-    twin = copy.deepcopy(model)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        for module in twin.modules():
-            if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
-                module.reset_parameters()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-    finally:
-        torch.random.set_rng_state(gen_state)
-    return twin
 
 
 def explain_image(setup: BenchSetup, image: np.ndarray, method: str) -> tuple[Detections, Tensor]:

@@ -53,6 +53,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="pictures without the colour bar strip (scale, method and layers) below them")
     parser.add_argument("--no-grid", dest="grid", action="store_false",
                         help="skip <stem>_grid.png (each detection's whole-image map with its box)")
+    parser.add_argument("--sanity", action="store_true", help="also explain each detection with randomised "
+                        "weights and report the rank correlation (sanity_rank_correlation: high = the map reflects "
+                        "the architecture, not the trained weights)")
     add_trust_flag(parser)
     add_model_flags(parser)
     parser.set_defaults(run=run)
@@ -145,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         with Progress(len(paths)) as progress:
             for path, stem in zip(paths, stems):
                 ex = explain(adapter, [load_image(path, args.max_pixels)], **options)
+                if args.sanity:
+                    _sanity(progress, path, adapter, ex)
                 ex.settings["image"] = str(path)
                 ex.settings["exif_orientation"] = [read_orientation(path)]
                 method = ex.settings["method"]
@@ -184,3 +189,13 @@ def _figure_text(figure: dict) -> str:
     """``"person 0.91 (31% outside box, large box)"``: the share of the map the fused picture does not show."""
     notes = [f"{figure['energy_outside_box']:.0%} outside box"] + (["large box"] if figure["large_box"] else [])
     return f"{figure['name']} {figure['score']:.2f} ({', '.join(notes)})"
+
+
+def _sanity(progress: Any, path: Path, adapter: Any, ex: Any) -> None:
+    """``--sanity``: the randomised-weights rank correlation per detection, into the figures and printed."""
+    from ..sanity import add_sanity
+
+    values = add_sanity(adapter, ex)
+    shown = ", ".join("n/a" if v is None else f"{v:.2f}" for v in values) or "no detections"
+    progress.say(f"{path}: sanity rank correlation with random weights per detection (high = the map reflects "
+                 f"the architecture, not the weights): {shown}")
