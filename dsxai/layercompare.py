@@ -3,9 +3,11 @@
 :func:`compare_layers` explains every detection at each candidate layer (the adapter's default set, then
 the stages of the backbone/neck, or the layers given), and the same detections with a
 :func:`dsxai.sanity.randomized_copy` of the model. Per layer: peak-in-box share, mean energy in box (trained
-and randomised) and the mean rank correlation of trained vs randomised maps. It recommends the layer that
-maximises ``energy_in_box x (1 - rank_correlation)``: maps that stay in their boxes *and* depend on what the
-model learned (a map the random twin reproduces shows the architecture, not the weights).
+and randomised) and the mean rank correlation of trained vs randomised maps. It recommends the layer that maximises
+``energy_in_box - energy_in_box_random``: the share of the maps' mass inside their boxes that the trained
+weights earn beyond what the architecture alone puts there (a dense detector's maps sit near the scoring
+anchor whatever the weights, so energy in box alone rewards the architecture, and the whole-map rank
+correlation is dominated by zeros both maps share outside the receptive field).
 Why a grid: which layer explains best is a judgement people make by looking; the figures say why.
 """
 from __future__ import annotations
@@ -87,7 +89,7 @@ class LayerComparison:
         """JSON-ready: rows (NaN as null), recommendation, reason, criterion, skipped stages, detections."""
         rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
                 for r in self.rows]
-        return {"method": self.method, "criterion": "energy_in_box * (1 - rank_correlation)", "rows": rows,
+        return {"method": self.method, "criterion": "energy_in_box - energy_in_box_random", "rows": rows,
                 "recommended": self.recommended, "reason": self.reason, "skipped": self.skipped,
                 "detections": self.detections.to_dict()}
 
@@ -155,17 +157,19 @@ def _row(name: str, layers: list[str], default: bool, dets: Detections, maps: Te
          ) -> tuple[LayerRow, list[float], list[float]]:
     """One table row, and per detection its energy in box and rank correlation (for the picture's cells).
     A map with no evidence counts as outside its box (it shows nothing)."""
-    def shares(m: Tensor) -> tuple[list[float], list[float]]:
+    def shares(m: Tensor) -> tuple[list[float], list[float], bool]:
         figs = map_figures(dets, m)
         return ([0.0 if f["no_evidence"] else float(f["peak_in_box"]) for f in figs],
-                [0.0 if f["no_evidence"] else float(f["energy_in_box"]) for f in figs])
+                [0.0 if f["no_evidence"] else float(f["energy_in_box"]) for f in figs],
+                any(not f["no_evidence"] for f in figs))
 
-    peak, energy = shares(maps)
-    peak_r, energy_r = shares(random)
+    peak, energy, evident = shares(maps)
+    peak_r, energy_r, _ = shares(random)
     corrs = rank_correlation(maps, random).tolist()
-    e, corr = _mean(energy), _mean(corrs)
+    e, e_r, corr = _mean(energy), _mean(energy_r), _mean(corrs)
+    score = e - e_r if evident else float("nan")  # a layer without evidence has nothing to recommend
     row = LayerRow(name, layers, default, round(_mean(peak), 4), round(e, 4), round(_mean(peak_r), 4),
-                   round(_mean(energy_r), 4), round(corr, 4), round(e * (1 - corr), 4))
+                   round(e_r, 4), round(corr, 4), round(score, 4))
     return row, energy, corrs
 
 
@@ -173,11 +177,11 @@ def _recommend(rows: list[LayerRow]) -> tuple[str | None, str]:
     """The argmax of ``score`` and the figures that decided (with the runner-up's)."""
     ranked = sorted([r for r in rows if not math.isnan(r.score)], key=lambda r: -r.score)
     if not ranked:
-        return None, "no layer gave maps to compare (every map was constant); try another method or layers"
+        return None, "no layer gave evidence (every map was zero); try another method or layers"
 
     def say(r: LayerRow) -> str:
-        return (f"{r.name}: energy in box {r.energy_in_box:.3f} x (1 - rank correlation with random weights "
-                f"{r.rank_correlation:.3f}) = {r.score:.3f}")
+        return (f"{r.name}: energy in box {r.energy_in_box:.3f} - {r.energy_in_box_random:.3f} with random "
+                f"weights = {r.score:.3f}")
     reason = say(ranked[0]) + (f"; next best {say(ranked[1])}" if len(ranked) > 1 else "")
     return ranked[0].name, reason
 
