@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from ._yolo import (
     DenseOutput, YOLOAdapterBase, YOLOBoxTarget, YOLOClassTarget, letterbox_batch, mask_logits, mirror_anchors,
     network_size,
 )
+from ._yolo_rf import ClassBranchCrops, branch_radius
 from .loading import load_ultralytics
 
 __all__ = ["offline_yolo", "UltralyticsAdapter", "YOLOBoxTarget", "YOLOMaskTarget", "YOLOClassTarget", "DenseOutput",
@@ -242,13 +243,16 @@ class UltralyticsAdapter(YOLOAdapterBase):
         coef = first[:, 4 + nc:].transpose(1, 2) if self.task == "instance" else None
         if isinstance(proto, (tuple, list)):
             proto = proto[0]
-        return DenseOutput(boxes=boxes, scores=scores, coef=coef, proto=proto, pick=self._picker(output))
+        branch = self._class_branch(output)
+        return DenseOutput(boxes=boxes, scores=scores, coef=coef, proto=proto,
+                           pick=None if branch is None else partial(_pick_class_scores, *branch, int(nc)),
+                           rf=None if branch is None else self._crops(*branch))
 
-    def _picker(self, output: Any) -> Callable[[slice, Tensor, Tensor], Tensor] | None:
-        """Class scores read through the head's class branch at each anchor's level only (``DenseOutput.pick``).
+    def _class_branch(self, output: Any) -> tuple[list[Tensor], Sequence[nn.Module]] | None:
+        """The head's inputs and its per-level class branches, for ``DenseOutput.pick`` and ``.rf``.
 
         Why: the head's output concatenates boxes and all levels, so a backward from it runs the box branch and
-        every level with zero gradients; here each level's class convolutions rerun on the head's inputs (the
+        every level with zero gradients; ``pick`` reruns each level's class convolutions on the head's inputs (the
         same values, bit for bit on one image) for just the levels that hold targets.
         """
         raw = output[-1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
@@ -260,7 +264,15 @@ class UltralyticsAdapter(YOLOAdapterBase):
         cls_head = branch.get("cls_head") if isinstance(branch, dict) else None
         if not isinstance(feats, (list, tuple)) or cls_head is None or len(feats) != len(cls_head):
             return None
-        return partial(_pick_class_scores, list(feats), cls_head, int(self.head.nc))
+        return list(feats), cls_head
+
+    def _crops(self, feats: list[Tensor], cls_head: Sequence[nn.Module]) -> ClassBranchCrops | None:
+        """Receptive-field crop gradients when every level's class branch is a recognised sequential branch."""
+        from ultralytics.nn.modules import conv
+
+        containers = tuple(getattr(conv, n) for n in ("Conv", "DWConv") if hasattr(conv, n))
+        radii = [branch_radius(branch, containers) for branch in cls_head]
+        return None if any(r is None for r in radii) else ClassBranchCrops(feats, cls_head, radii)
 
     # ------------------------------------------------------------ internals
     def use_nms(self, nms: bool | None) -> bool:
