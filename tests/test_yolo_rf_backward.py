@@ -186,30 +186,32 @@ def edge_count(adapter: UltralyticsAdapter, target, size) -> int:
 
 @pytest.mark.parametrize("name, method", [("yolov8n.yaml", "layercam"), ("yolo11n.yaml", "gradcam")])
 def test_maps_equal_the_vmap_path_on_random_init_models_at_the_border(models, name, method):
-    fast = UltralyticsAdapter(models[name], imgsz=256)
-    slow = without_crops(UltralyticsAdapter(models[name], imgsz=256))
+    fast = UltralyticsAdapter(models[name], imgsz=160)
+    slow = without_crops(UltralyticsAdapter(models[name], imgsz=160))
     before = snapshot(fast.model)
-    target = dict(conf=0.0, max_dets=96, nms=False)  # many anchors: every level, edges included
+    target = dict(conf=0.0, max_dets=40, nms=False)  # many anchors: several levels, edges included
     (ours, ours_target), (theirs, _) = (explain(a, [BUS, BUS], method=method, **target) for a in (fast, slow))
     assert_unchanged(fast.model, before)
     size = fast.preprocess([BUS, BUS]).tensor.shape[-2:]
     assert edge_count(fast, ours_target, size) > 0
     levels = {int(i) for i in torch.bucketize(torch.cat(ours_target.anchors), torch.tensor(
         [h * w for _, h, w in fast.levels(size)]).cumsum(0)[:-1], right=True)}
-    assert len(levels) == 3
+    assert len(levels) >= 2  # (every level and edge cell: the gradient test above)
     for mine, ref in zip(ours.maps + ours.scores, theirs.maps + theirs.scores):
         assert mine.shape == ref.shape and mine.numel() > 0
         assert float((mine - ref).abs().max()) <= MAP_ATOL
 
 
 def test_maps_equal_the_vmap_path_on_the_shapes_yolo():
-    images = [scene.image for scene in shapes.make_scenes(2, zoo.TEST_SEED)]
+    # each scene cut through its first object's centre, so that object touches the image's corner
+    images = [scene.image[int(scene.boxes[0, 1] + scene.boxes[0, 3]) // 2:, int(scene.boxes[0, 0]
+              + scene.boxes[0, 2]) // 2:].copy() for scene in shapes.make_scenes(2, zoo.TEST_SEED)]
     fast = UltralyticsAdapter(zoo.shapes_yolov8_path(), imgsz=256)
     slow = without_crops(UltralyticsAdapter(zoo.shapes_yolov8_path(), imgsz=256))
     before = snapshot(fast.model)
-    target = dict(conf=0.0, max_dets=48, nms=False)  # the objects and the background, edges included
-    ours, target = explain(fast, images, **target)
-    theirs, _ = explain(slow, images, **target)
+    options = dict(conf=0.0, max_dets=48, nms=False)  # the objects and the background, edges included
+    ours, target = explain(fast, images, **options)
+    theirs, _ = explain(slow, images, **options)
     assert_unchanged(fast.model, before)
     assert sum(len(m) for m in ours.maps) >= 6
     assert edge_count(fast, target, fast.preprocess(images).tensor.shape[-2:]) > 0
