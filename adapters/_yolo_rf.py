@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["POINTWISE", "branch_radius", "ClassBranchCrops", "crop_windows"]
+__all__ = ["POINTWISE", "branch_radius", "ClassBranchCrops", "anchor_levels", "crop_windows"]
 
 log = logging.getLogger("dsxai")
 
@@ -62,6 +62,15 @@ def _same_conv_radius(conv: nn.Conv2d) -> tuple[int, int] | None:
     return radius[0], radius[1]
 
 
+def anchor_levels(feats: Sequence[Tensor], anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """Each anchor's level and its cell index within the level; anchors are flattened level by level,
+    row-major, one per cell (as the head flattens them)."""
+    sizes = torch.tensor([f.shape[-2] * f.shape[-1] for f in feats], device=anchors.device)
+    starts = torch.cumsum(sizes, 0) - sizes
+    level = torch.bucketize(anchors, starts[1:], right=True)
+    return level, anchors - starts[level]
+
+
 def crop_windows(centres: Tensor, radius: int, size: int) -> tuple[Tensor, int]:
     """Window starts ``[n]`` and length ``k`` along one axis: ``k = min(2 r + 1, size)`` cells around each
     centre, shifted inside ``[0, size)`` where they would hang over the edge."""
@@ -78,11 +87,8 @@ class ClassBranchCrops:
     radii: list[tuple[int, int]]
 
     def level_of(self, anchors: Tensor) -> tuple[Tensor, Tensor]:
-        """Each anchor's level and its index within the level (anchors flattened level by level, row-major)."""
-        sizes = torch.tensor([f.shape[-2] * f.shape[-1] for f in self.feats], device=anchors.device)
-        starts = torch.cumsum(sizes, 0) - sizes
-        level = torch.bucketize(anchors, starts[1:], right=True)
-        return level, anchors - starts[level]
+        """Each anchor's level and its index within the level (see :func:`anchor_levels`)."""
+        return anchor_levels(self.feats, anchors)
 
     def gradients(self, leaves: list[Tensor], images: Tensor, anchors: Tensor, labels: Tensor,
                   expected: Tensor) -> list[Tensor] | None:

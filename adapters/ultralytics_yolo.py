@@ -43,7 +43,7 @@ from ._yolo import (
     DenseOutput, YOLOAdapterBase, YOLOBoxTarget, YOLOClassTarget, letterbox_batch, mask_logits, mirror_anchors,
     network_size,
 )
-from ._yolo_rf import ClassBranchCrops, branch_radius
+from ._yolo_rf import ClassBranchCrops, anchor_levels, branch_radius
 from .loading import load_ultralytics
 
 __all__ = ["offline_yolo", "UltralyticsAdapter", "YOLOBoxTarget", "YOLOMaskTarget", "YOLOClassTarget", "DenseOutput",
@@ -292,16 +292,14 @@ def _pick_class_scores(feats: list[Tensor], cls_head: Sequence[nn.Module], nc: i
                        labels: Tensor) -> Tensor:
     """``sigmoid(cls_head[level](feats[level]))`` at each ``(anchor, label)``, ``[K, T]`` for the rows ``rows``;
     anchors are flattened level by level, row-major, one per cell (as the head flattens them)."""
-    sizes = torch.tensor([f.shape[-2] * f.shape[-1] for f in feats], device=anchors.device)
-    starts = torch.cumsum(sizes, 0) - sizes
-    level = torch.bucketize(anchors, starts[1:], right=True)
+    level, cell = anchor_levels(feats, anchors)
     parts, order = [], []
     for i in level.unique().tolist():
         mine = (level == i).nonzero().flatten()
         logits = cls_head[i](feats[i][rows]).flatten(2)  # K, nc, h * w
         if logits.shape[1] != nc:
             raise ValueError(f"the head's class branch gives {logits.shape[1]} classes, expected {nc}")
-        parts.append(logits[:, labels[mine], anchors[mine] - starts[i]].sigmoid())
+        parts.append(logits[:, labels[mine], cell[mine]].sigmoid())
         order.append(mine)
     if not parts:
         return feats[0].new_zeros(feats[0][rows].shape[0], 0)
