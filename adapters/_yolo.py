@@ -47,7 +47,8 @@ class DenseOutput:
     ``boxes`` ``[B, A, 4]`` xyxy in network pixels; ``scores`` ``[B, A, nc]``
     per-class confidences (differentiable); ``coef`` ``[B, A, nm]`` mask
     coefficients and ``proto`` ``[B, nm, h, w]`` prototypes for instance segmenters.
-    ``pick(rows, anchors, labels)``, when the adapter can give it, returns
+    ``rf``, when given, computes exact per-target gradients from receptive-field crops
+    (:meth:`YOLOBoxTarget.local_gradients`). ``pick(rows, anchors, labels)``, when the adapter can give it, returns
     ``scores[rows][:, anchors, labels]`` (``[K, T]``, same values) through a graph
     that holds only each anchor's own level of the class branch: the batched
     backward then skips the box branch, the other levels and the full score tensor.
@@ -59,6 +60,8 @@ class DenseOutput:
     coef: Tensor | None = None
     proto: Tensor | None = None
     pick: Callable[[slice, Tensor, Tensor], Tensor] | None = None
+    #: the head inputs and class branches for receptive-field crop gradients (``ClassBranchCrops``), or None
+    rf: Any = None
 
 
 def network_size(imgsz: int | Sequence[int], stride: int) -> tuple[int, int]:
@@ -143,6 +146,29 @@ class YOLOBoxTarget(DetectionTarget):
         self.labels: list[Tensor] = []
         self.network_boxes: list[Tensor] = []
 
+    def __call__(self, output: Any) -> list[Tensor]:
+        self.rf_parts: list[tuple[Any, slice, Tensor, Tensor]] = []
+        return super().__call__(output)
+
+    def local_gradients(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor) -> list[Tensor] | None:
+        """Gradients ``[len(rows), *leaf.shape]`` of the flat scores ``rows`` w.r.t. ``leaves`` from
+        receptive-field crops (the engine's seam, see ``dsxai.gradient``); None where the last call's scores did
+        not all come through the class branch of one forward or a leaf is not a head input.
+
+        Why: the same gradients as a batched backward without vmap's one convolution backward per target.
+        """
+        parts = getattr(self, "rf_parts", None)
+        if not parts or len(parts) != len(self.anchors) or parts[0][0] is None:
+            return None
+        if any(rf is None or rf.feats[0] is not parts[0][0].feats[0] or rows_b != slice(b, b + 1)
+               for b, (rf, rows_b, _, _) in enumerate(parts)):
+            return None
+        device = flat_scores.device
+        anchors = torch.cat([a for _, _, a, _ in parts]).to(device)[rows]
+        labels = torch.cat([c for _, _, _, c in parts]).to(device)[rows]
+        images = torch.cat([torch.full((len(a),), b, device=device) for b, (_, _, a, _) in enumerate(parts)])
+        return parts[0][0].gradients(leaves, images[rows], anchors, labels, flat_scores.detach()[rows])
+
     # --------------------------------------------------------------- decoding
     def decode(self, output: Any) -> tuple[list[Detections], list[Tensor]]:
         dense = self.dense(output)
@@ -187,7 +213,10 @@ class YOLOBoxTarget(DetectionTarget):
         picked = dense.pick(rows, anchors, labels)
         # the same values prove the output came from the adapter's own head; another model's output (a
         # randomised copy in a sanity check) is scored through its full output instead
-        return picked if torch.allclose(picked.detach(), full.detach(), rtol=0, atol=PICK_ATOL) else full
+        same = torch.allclose(picked.detach(), full.detach(), rtol=0, atol=PICK_ATOL)
+        if hasattr(self, "rf_parts"):
+            self.rf_parts.append((dense.rf if same else None, rows, anchors, labels))
+        return picked if same else full
 
     def _masks(self, dense: DenseOutput, b: int, anchors: Tensor, net_boxes: Tensor, geometry: Geometry) -> Tensor:
         h, w = geometry.original_size

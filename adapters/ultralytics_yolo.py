@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from ._yolo import (
     DenseOutput, YOLOAdapterBase, YOLOBoxTarget, YOLOClassTarget, letterbox_batch, mask_logits, mirror_anchors,
     network_size,
 )
+from ._yolo_rf import ClassBranchCrops, anchor_levels, branch_radius
 from .loading import load_ultralytics
 
 __all__ = ["offline_yolo", "UltralyticsAdapter", "YOLOBoxTarget", "YOLOMaskTarget", "YOLOClassTarget", "DenseOutput",
@@ -242,13 +243,16 @@ class UltralyticsAdapter(YOLOAdapterBase):
         coef = first[:, 4 + nc:].transpose(1, 2) if self.task == "instance" else None
         if isinstance(proto, (tuple, list)):
             proto = proto[0]
-        return DenseOutput(boxes=boxes, scores=scores, coef=coef, proto=proto, pick=self._picker(output))
+        branch = self._class_branch(output)
+        return DenseOutput(boxes=boxes, scores=scores, coef=coef, proto=proto,
+                           pick=None if branch is None else partial(_pick_class_scores, *branch, int(nc)),
+                           rf=None if branch is None else self._crops(*branch))
 
-    def _picker(self, output: Any) -> Callable[[slice, Tensor, Tensor], Tensor] | None:
-        """Class scores read through the head's class branch at each anchor's level only (``DenseOutput.pick``).
+    def _class_branch(self, output: Any) -> tuple[list[Tensor], Sequence[nn.Module]] | None:
+        """The head's inputs and its per-level class branches, for ``DenseOutput.pick`` and ``.rf``.
 
         Why: the head's output concatenates boxes and all levels, so a backward from it runs the box branch and
-        every level with zero gradients; here each level's class convolutions rerun on the head's inputs (the
+        every level with zero gradients; ``pick`` reruns each level's class convolutions on the head's inputs (the
         same values, bit for bit on one image) for just the levels that hold targets.
         """
         raw = output[-1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
@@ -260,7 +264,15 @@ class UltralyticsAdapter(YOLOAdapterBase):
         cls_head = branch.get("cls_head") if isinstance(branch, dict) else None
         if not isinstance(feats, (list, tuple)) or cls_head is None or len(feats) != len(cls_head):
             return None
-        return partial(_pick_class_scores, list(feats), cls_head, int(self.head.nc))
+        return list(feats), cls_head
+
+    def _crops(self, feats: list[Tensor], cls_head: Sequence[nn.Module]) -> ClassBranchCrops | None:
+        """Receptive-field crop gradients when every level's class branch is a recognised sequential branch."""
+        from ultralytics.nn.modules import conv
+
+        containers = tuple(getattr(conv, n) for n in ("Conv", "DWConv") if hasattr(conv, n))
+        radii = [branch_radius(branch, containers) for branch in cls_head]
+        return None if any(r is None for r in radii) else ClassBranchCrops(feats, cls_head, radii)
 
     # ------------------------------------------------------------ internals
     def use_nms(self, nms: bool | None) -> bool:
@@ -280,16 +292,14 @@ def _pick_class_scores(feats: list[Tensor], cls_head: Sequence[nn.Module], nc: i
                        labels: Tensor) -> Tensor:
     """``sigmoid(cls_head[level](feats[level]))`` at each ``(anchor, label)``, ``[K, T]`` for the rows ``rows``;
     anchors are flattened level by level, row-major, one per cell (as the head flattens them)."""
-    sizes = torch.tensor([f.shape[-2] * f.shape[-1] for f in feats], device=anchors.device)
-    starts = torch.cumsum(sizes, 0) - sizes
-    level = torch.bucketize(anchors, starts[1:], right=True)
+    level, cell = anchor_levels(feats, anchors)
     parts, order = [], []
     for i in level.unique().tolist():
         mine = (level == i).nonzero().flatten()
         logits = cls_head[i](feats[i][rows]).flatten(2)  # K, nc, h * w
         if logits.shape[1] != nc:
             raise ValueError(f"the head's class branch gives {logits.shape[1]} classes, expected {nc}")
-        parts.append(logits[:, labels[mine], anchors[mine] - starts[i]].sigmoid())
+        parts.append(logits[:, labels[mine], cell[mine]].sigmoid())
         order.append(mine)
     if not parts:
         return feats[0].new_zeros(feats[0][rows].shape[0], 0)

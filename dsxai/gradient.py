@@ -19,6 +19,9 @@ class GradientCAM(BaseCAM):
     """Base of the gradient methods: a method only says how activations and gradients make a map.
 
     Why: one batched backward (``is_grads_batched``) over chunks of targets is what makes per-box maps cheap.
+    A target may compute the same gradients itself, faster (YOLO class scores from receptive-field crops):
+    ``targets.local_gradients(flat_scores, leaves, rows)`` returning one ``[len(rows), *leaf.shape]`` per
+    leaf, or None to leave them to the batched backward.
     """
 
     needs_gradients = True
@@ -44,7 +47,9 @@ class GradientCAM(BaseCAM):
         flat, total = scores.flat, scores.flat.numel()
         for start in range(0, total, self.chunk_size):
             rows = torch.arange(start, min(start + self.chunk_size, total), device=flat.device)
-            grads = self._grads(flat, leaves, rows)
+            local = getattr(targets, "local_gradients", None)
+            grads = local(flat, leaves, rows) if callable(local) else None
+            grads = self._grads(flat, leaves, rows) if grads is None else grads
             grad_of = {id(leaf): g for leaf, g in zip(leaves, grads)}
             owners = scores.image_of[rows]
             for k, source in enumerate(sources):
