@@ -26,11 +26,15 @@ from .layers import preserved_state
 from .runs import Progress
 from .validation import check_conf, check_positive_int
 
-__all__ = ["DRISE", "DRISE_NAME", "DRISE_OPTIONS", "is_drise", "build_drise", "check_no_layers", "draw_grids", "grid_masks", "drise_weights",
+__all__ = ["DRISE", "DRISE_NAME", "DEFAULT_MASKS", "DEFAULT_GRID", "DRISE_OPTIONS", "is_drise", "build_drise", "check_no_layers", "draw_grids", "grid_masks", "drise_weights",
            "drise_maps", "split_drise_options"]
 
 #: the method name ``dsxai.explain``, ``explain_maps``, the CLI and the benchmark accept
 DRISE_NAME = "drise"
+#: masks per image when none are given (the paper uses ~5000; 1000 localise the shapes models' boxes)
+DEFAULT_MASKS = 1000
+#: cells per mask side when none are given (16, the paper's)
+DEFAULT_GRID = 16
 #: the options :class:`DRISE` takes (``dsxai.explain`` routes them by name, the rest go to the target)
 DRISE_OPTIONS = ("masks", "grid", "p", "mask_batch", "seed", "fill", "masked_conf", "progress")
 
@@ -65,8 +69,8 @@ def _check_seed(seed: Any) -> int:
 class DRISE:
     """The D-RISE options, checked when built (ValueError names the option and its range).
 
-    masks: N random masks per image (the paper uses ~5000; 1000 already localises on small scenes).
-    grid: s, cells per side of each mask (16 in the paper). p: share of cells kept. mask_batch: masked
+    masks: N random masks per image (None: :data:`DEFAULT_MASKS`).
+    grid: s, cells per side of each mask (None: :data:`DEFAULT_GRID`). p: share of cells kept. mask_batch: masked
     copies per forward. seed: the masks' generator seed (same seed, same maps). fill: the network-tensor
     value masked pixels take; 0 (the paper's image x mask, black for YOLO's 0..1 input) because it is a
     value the model can see as "nothing", where the image mean would keep colour evidence in hidden cells.
@@ -75,8 +79,8 @@ class DRISE:
     the masks take more than one forward.
     """
 
-    masks: int = 1000
-    grid: int = 16
+    masks: int | None = None
+    grid: int | None = None
     p: float = 0.5
     mask_batch: int = 32
     seed: int = 0
@@ -85,8 +89,8 @@ class DRISE:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.masks = check_positive_int("masks", self.masks)
-        self.grid = check_positive_int("grid", self.grid)
+        self.masks = check_positive_int("masks", DEFAULT_MASKS if self.masks is None else self.masks)
+        self.grid = check_positive_int("grid", DEFAULT_GRID if self.grid is None else self.grid)
         self.p = _check_p(self.p)
         self.mask_batch = check_positive_int("mask_batch", self.mask_batch)
         self.seed = _check_seed(self.seed)
@@ -157,7 +161,7 @@ def grid_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
     rows = dy[:, None] + torch.arange(h)[None]                     # [K, H]
     cols = dx[:, None] + torch.arange(w)[None]                     # [K, W]
     picked = up[torch.arange(k)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return picked.reshape(k, h, w)
+    return picked.reshape(k, h, w).clamp_(0, 1)  # bilinear weights may overshoot 1 by a rounding error
 
 
 def drise_weights(targets: Detections, copies: Sequence[Detections]) -> Tensor:
