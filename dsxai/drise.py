@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from .adapter import Adapter, Batch
 from .boxes import box_iou
 from .detections import Detections
+from .engine import normalize_maps
 from .layers import preserved_state
 from .runs import Progress
 from .validation import check_conf, check_positive_int
@@ -116,7 +117,8 @@ class DRISE:
 
     def image_maps(self, adapter: Adapter, batch: Batch, index: int, detections: Detections,
                    masked_options: dict[str, Any]) -> Tensor:
-        """``[T, H, W]`` maps of one image's detections: sum of masks weighted by similarity, over N."""
+        """``[T, H, W]`` maps of one image's detections: sum of masks weighted by similarity over N (the
+        paper's), min-max scaled to [0, 1] per map."""
         geometry = batch.geometries[index]
         x = batch.tensor[index:index + 1]
         h, w = x.shape[-2:]
@@ -136,7 +138,9 @@ class DRISE:
                 weights = drise_weights(detections, target.detections)
                 sums += torch.einsum("tk,khw->thw", weights.to(sums), masks.to(sums))
                 bar.update(stop - start)
-        return geometry.maps_to_original(sums / self.masks)
+        # min-max to [0, 1] like every method's maps: the part every pixel shares (masks keep p of the image
+        # whatever the object) is no evidence, and the scale must compare across methods in the benchmark
+        return geometry.maps_to_original(normalize_maps(sums / self.masks))
 
 
 def draw_grids(n: int, cells: int, p: float, seed: int) -> tuple[Tensor, Tensor]:
