@@ -42,6 +42,7 @@ from torch import Tensor
 
 from .boxes import box_masks, paired_iou
 from .detections import Detections
+from .drise import drise_weights
 
 __all__ = [
     "BASELINES",
@@ -318,11 +319,8 @@ def faithfulness_forwards(targets: int, kinds: int, steps: int) -> int:
 def _match_score(found: Detections, box: Tensor, label: int) -> float:
     """D-RISE similarity of one perturbed image's detections to one original detection: max over detections
     of ``IoU(box) * score`` among those of the same class (0 when none)."""
-    same = found.labels.cpu() == label
-    if not bool(same.any()):
-        return 0.0
-    ious = paired_iou(found.boxes.cpu()[same].float(), box.cpu().float().expand(int(same.sum()), 4))
-    return float((ious * found.scores.cpu()[same].float()).max())
+    original = Detections(box.cpu().float().reshape(1, 4), [1.0], [label], found.image_size)
+    return float(drise_weights(original, [found.cpu()])[0, 0])  # the one D-RISE similarity
 
 
 def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: Tensor, steps: int = 20,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ._version import __version__
 from .adapter import Adapter
 from .detections import Detections
+from .drise import DRISE, check_no_layers, drise_maps, is_drise, split_drise_options
 from .engine import BaseCAM
 from .explanation import Explanation, jsonable
 from .imaging import ImageLike, load_images, read_orientation
@@ -48,8 +49,12 @@ def explain_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], meth
     ``method_options`` must be None: it has its own). ``targets``: "boxes", "masks", "classes" or None for
     the adapter's default; ``target_options`` go to the adapter's target (``conf``, ``max_dets``, ...).
     Raises ValueError when the target keeps no detections (a target without ``.detections``): a map
-    must always say what it explains.
+    must always say what it explains. ``method="drise"`` (or a :class:`dsxai.drise.DRISE`) runs D-RISE: no
+    layers, ``method_options`` are its options (``masks``, ``grid``, ``p``, ``mask_batch``, ``seed``, ...).
     """
+    if is_drise(method):
+        return drise_maps(adapter, adapter.preprocess(images), method, layers, targets, method_options,
+                          target_options)
     cam = build_method(adapter, method, layers, method_options)
     batch = adapter.preprocess(images)
     limit = adapter.max_batch
@@ -125,7 +130,9 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
             a model (Ultralytics ``YOLO``, torchvision detector, smp model) or a checkpoint path; see
             ``dsxai.adapters.resolve``.
         images: one image or a list (paths, H x W x 3 uint8 RGB arrays, PIL images, tensors).
-        method: CAM method name (``dsxai.METHODS``) or class; None picks :data:`DEFAULT_METHOD` for the
+        method: CAM method name (``dsxai.METHODS``) or class, or ``"drise"`` (black-box D-RISE: no
+            layers; options ``masks``, ``grid``, ``p``, ``mask_batch``, ``seed``, ``fill``,
+            ``masked_conf``, see :class:`dsxai.drise.DRISE`); None picks :data:`DEFAULT_METHOD` for the
             model's task (LayerCAM: it localises per box where plain GradCAM does not).
         layers: layer names (default: the adapter's ``default_layers``).
         targets: ``"boxes"`` (one map per detection), ``"masks"`` (per predicted mask) or
@@ -155,8 +162,12 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
     adapter = resolve(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
     method = method or DEFAULT_METHOD.get(task, "layercam")
-    used_layers = [layers] if isinstance(layers, str) else list(layers or adapter.default_layers)
-    cam, target_options = _split_options(adapter, get_method(method), used_layers, options)
+    if is_drise(method):  # black box: no layers; its options (masks, seed, ...) are told apart by name
+        check_no_layers(layers)
+        used_layers, (cam, target_options) = [], split_drise_options(options)
+    else:
+        used_layers = [layers] if isinstance(layers, str) else list(layers or adapter.default_layers)
+        cam, target_options = _split_options(adapter, get_method(method), used_layers, options)
     class_ids = resolve_classes(classes, adapter.class_names)
     target_options.update(_detection_options(task, conf, max_dets, class_ids))
     targets = targets or adapter.default_targets
@@ -225,7 +236,7 @@ def _detection_options(task: str, conf: float | None, max_dets: int | None,
     return out
 
 
-def _explain_in_chunks(adapter: Adapter, cam: BaseCAM, originals: list[np.ndarray], batch_size: int,
+def _explain_in_chunks(adapter: Adapter, cam: BaseCAM | DRISE, originals: list[np.ndarray], batch_size: int,
                        targets: str, target_options: dict[str, Any]) -> tuple[list[Detections], list[Tensor]]:
     """Detections and maps (on the CPU) of every image, ``batch_size`` images per forward/backward."""
     all_dets: list[Detections] = []

@@ -128,6 +128,7 @@ class BenchConfig:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        from ..drise import is_drise
         from ..methods import get_method
 
         check_bench_options(limit=self.limit, steps=self.steps, conf=self.conf, match_iou=self.match_iou,
@@ -143,7 +144,11 @@ class BenchConfig:
         if not self.methods:
             raise BenchError("no methods given; pass e.g. methods=['gradcam', 'layercam']")
         for method in self.methods:
-            get_method(method)  # unknown names fail here, before any work
+            if is_drise(method) and self.explain_model is not None:
+                raise BenchError("drise reads no layer of a module, so explain_model (maps from another module) "
+                                 "does not apply to it; drop drise from methods or explain_model")
+            if not is_drise(method):
+                get_method(method)  # unknown names fail here, before any work
         self.class_map = read_class_map(self.class_map)
         self.faithfulness = bool(self.faithfulness)
 

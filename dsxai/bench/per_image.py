@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..boxes import box_iou
 from ..detections import Detections
+from ..drise import is_drise
 from ..groundtruth import CocoGroundTruth
 from ..imaging import load_image
 from ..pipeline import explain_maps
@@ -72,7 +73,8 @@ def explain_image(setup: BenchSetup, image: np.ndarray, method: str) -> tuple[De
     adapter, options = setup.adapter, {"conf": setup.cfg.conf, "classes": sorted(setup.class_to_cat)}
     explain_model = setup.cfg.explain_model
     if explain_model is None:
-        dets, maps = explain_maps(adapter, image, method=method, **options)
+        quiet = {"progress": False} if is_drise(method) else None  # the run's own bar counts the images
+        dets, maps = explain_maps(adapter, image, method=method, method_options=quiet, **options)
         return dets[0], maps[0]
     from ..methods import get_method
 

@@ -32,7 +32,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-maskrcnn, shapes-unet")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("--method", default=None, help="CAM method (default: layercam); e.g. hirescam, gradcam, "
-                        "eigencam, gradcam++")
+                        "eigencam, gradcam++, or drise (black-box D-RISE: random masks, no layers, no gradients)")
+    parser.add_argument("--masks", type=int, default=None, help="D-RISE: random masks per image (default: 1000)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="D-RISE: masked images per forward (default: 32)")
+    parser.add_argument("--seed", type=int, default=None, help="D-RISE: seed of the masks (default: 0; same seed, "
+                        "same maps)")
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: the adapter's; "
                         "`dsxai layers MODEL` lists them)")
     parser.add_argument("--targets", default=None, choices=("boxes", "masks", "classes"),
@@ -108,7 +113,8 @@ def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
     from ..render import colormap_table
     from ..runs import check_output_folder
 
-    method = get_method(args.method) if args.method else None  # the name is parsed here, once
+    drise = drise_options(args)
+    method = get_method(args.method) if args.method and drise is None else args.method  # parsed here, once
     colormap_table(args.colormap)
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -125,8 +131,31 @@ def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
     for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
         load_image(path, args.max_pixels)
     options = dict(method=method, layers=layers, targets=args.targets, conf=args.conf, classes=classes,
-                   max_dets=args.max_dets, max_pixels=args.max_pixels)
+                   max_dets=args.max_dets, max_pixels=args.max_pixels, **(drise or {}))
     return adapter, paths, options
+
+
+def drise_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The D-RISE options of ``--method drise`` (None for other methods), checked in flag wording."""
+    from ..drise import is_drise
+    from ..validation import check_positive_int
+
+    given = {flag: value for flag, value in (("--masks", args.masks), ("--batch-size", args.batch_size),
+                                              ("--seed", args.seed)) if value is not None}
+    if not (args.method and is_drise(args.method)):
+        if given:
+            raise CommandError(f"{', '.join(given)} apply to --method drise only")
+        return None
+    if args.layers:
+        raise CommandError("--layers does not apply to --method drise (a black-box method reads no layer); "
+                           "leave it out")
+    for flag in ("--masks", "--batch-size"):
+        if flag in given:
+            check_positive_int(flag, given[flag])
+    if given.get("--seed", 0) < 0:
+        raise CommandError(f"--seed must be a whole number >= 0, got {given['--seed']}")
+    names = {"--masks": "masks", "--batch-size": "mask_batch", "--seed": "seed"}
+    return {names[flag]: value for flag, value in given.items()}
 
 
 def run(args: argparse.Namespace) -> int:
