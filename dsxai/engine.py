@@ -67,14 +67,17 @@ def warn_no_evidence(model: nn.Module, names: Sequence[str], cams: Sequence[Tens
     """Warn (once per model and layer) about layers whose maps hold no positive value; returns their names.
 
     A layer that no gradient reaches, or whose map is 1x1 (pooled or fully connected), yields all-zero maps
-    that would otherwise look like "no evidence anywhere" in pictures and figures.
+    that would otherwise look like "no evidence anywhere" in pictures and figures. Among several layers with
+    evidence elsewhere, an all-zero one is no fault (a detector's pyramid level without detections in this
+    image) and is not warned about; a 1x1 layer always is.
     """
+    evident = [cam.numel() > 0 and bool((torch.nan_to_num(cam.detach()) > 0).any()) for cam in cams]
     blank = []
-    for name, cam in zip(names, cams):
+    for name, cam, has in zip(names, cams, evident):
         if cam.numel() == 0:
             continue
         one_cell = cam.shape[-1] * cam.shape[-2] == 1
-        if not one_cell and bool((torch.nan_to_num(cam.detach()) > 0).any()):
+        if not one_cell and (has or any(evident)):
             continue
         blank.append(name)
         if (id(model), name) in _NO_EVIDENCE_WARNED:

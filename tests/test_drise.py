@@ -69,6 +69,23 @@ def test_known_answer_peak_in_own_box(adapter, scenes):
     assert len(hits) >= 6 and sum(hits) / len(hits) >= 0.9, hits
 
 
+def test_centred_maps_put_more_of_their_mass_in_the_box_than_the_plain_sum(adapter, scenes):
+    """The plain sum is mostly the floor every pixel shares (each is kept by a share p of the masks); centring
+    the similarities removes it (measured with 1000 masks at 320 px: 0.12 -> 0.44 of the mass in the box)."""
+    from dsxai.boxes import box_masks
+    from dsxai.metrics import energy_pointing_game
+
+    shares = {}
+    for center in (True, False):
+        values = []
+        for scene in scenes:
+            dets, maps = explain_maps(adapter, scene.image, method="drise",
+                                      method_options={**FAST, "center": center})
+            values.append(energy_pointing_game(maps[0], box_masks(dets[0].boxes, maps[0].shape[-2:])))
+        shares[center] = float(torch.cat(values).mean())
+    assert shares[True] > shares[False] + 0.1, shares
+
+
 def test_same_seed_same_maps_whatever_the_chunking(adapter, scenes):
     image = scenes[0].image
     options = {**FAST, "masks": 20, "seed": 7}

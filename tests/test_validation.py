@@ -225,6 +225,24 @@ def test_layer_without_evidence_warns_once(layer, reason):
         get_method("gradcam")(model, ["conv"])(x)  # a layer with evidence: no warning
 
 
+def test_a_blank_layer_beside_one_with_evidence_is_not_warned_about():
+    """A pyramid level without detections on this image is all zero by design; the fused map still shows
+    the other layer's evidence. A 1x1 layer in the set is still reported."""
+    import warnings
+
+    from dsxai.methods import get_method
+
+    torch.manual_seed(0)
+    model = _Pooled().eval()
+    x = torch.rand(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps = get_method("gradcam")(model, ["conv", "unused"])(x)
+    assert float(maps.abs().max()) > 0
+    with pytest.warns(UserWarning, match="layer 'pool' gives no evidence: .*1x1"):
+        get_method("gradcam")(_Pooled().eval(), ["conv", "pool"])(x)
+
+
 def test_figures_flag_an_all_zero_map():
     from dsxai import Detections
     from dsxai.explanation import map_figures
