@@ -249,5 +249,8 @@ def get_method(name: str | type[BaseCAM]) -> type[BaseCAM]:
         return name
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(set(METHODS) - {'gradcampp'}))}")
+        hint = ("; 'drise' (black-box, no layers) explains boxes through dsxai.explain, `dsxai explain` and "
+                "`dsxai bench` only" if key == "drise" else "")
+        raise ValueError(f"unknown method {name!r}; choose one of: "
+                         f"{', '.join(sorted(set(METHODS) - {'gradcampp'}))}{hint}")
     return METHODS[key]
