@@ -135,10 +135,11 @@ class DRISE:
         sums = x.new_zeros(len(detections), h, w, dtype=torch.float32)
         coverage = x.new_zeros(h, w, dtype=torch.float32)
         weight_sums = x.new_zeros(len(detections), dtype=torch.float32)
-        chunks = range(0, self.masks, self.mask_batch)
+        step = min(self.mask_batch, adapter.max_batch or self.mask_batch)  # a fixed-batch model takes fewer
+        chunks = range(0, self.masks, step)
         with Progress(self.masks, unit="mask", desc="D-RISE", enabled=self.progress and len(chunks) > 1) as bar:
             for start in chunks:
-                stop = min(start + self.mask_batch, self.masks)
+                stop = min(start + step, self.masks)
                 masks = grid_masks(grids[start:stop], shifts[start:stop], (h, w)).to(x.device)
                 copies = x * masks[:, None] + self.fill * (1 - masks[:, None])
                 masked = Batch(copies, [batch.images[index]] * len(copies), [geometry] * len(copies))

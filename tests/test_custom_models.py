@@ -86,23 +86,40 @@ def test_batchable_module_keeps_batches_and_max_batch_is_checked():
         SegmenterAdapter(net, size=(32, 32), max_batch=0)
 
 
-def test_fixed_batch_detector_predicts_many_images():
-    class FixedDetector(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 6, 3, stride=4, padding=1)
+class FixedDetector(nn.Module):
+    """One candidate per 4x4 cell, a fixed box; a Reshape with the batch written as 1."""
 
-        def forward(self, x):
-            return self.conv(x).reshape(1, 6, 64)  # [1, 6, cells]: only one image fits
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=4, padding=1)
 
-    def decode(output, batch):
-        boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).expand(output.shape[-1], 4)
-        return [(boxes, output[i, 4].sigmoid(), torch.zeros(output.shape[-1])) for i in range(len(output))]
+    def forward(self, x):
+        return self.conv(x).reshape(1, 6, 64)  # [1, 6, cells]: only one image fits
 
+
+def fixed_decode(output, batch):
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).expand(output.shape[-1], 4)
+    return [(boxes, output[i, 4].sigmoid(), torch.zeros(output.shape[-1])) for i in range(len(output))]
+
+
+def fixed_detector() -> DetectorAdapter:
     torch.manual_seed(0)
-    adapter = DetectorAdapter(FixedDetector().eval(), decode, size=(32, 32), conf=0.0, max_dets=1)
+    return DetectorAdapter(FixedDetector().eval(), fixed_decode, size=(32, 32), conf=0.0, max_dets=1)
+
+
+def test_fixed_batch_detector_predicts_many_images():
+    adapter = fixed_detector()
     dets = adapter.predict([square_image(0, 0), square_image(30, 30)])
     assert adapter.max_batch == 1 and [len(d) for d in dets] == [1, 1]
+
+
+def test_drise_runs_its_masked_copies_one_at_a_time_on_a_fixed_batch_model():
+    from dsxai.pipeline import explain_maps
+
+    adapter = fixed_detector()
+    dets, maps = explain_maps(adapter, square_image(0, 0), method="drise",
+                              method_options={"masks": 6, "grid": 4, "mask_batch": 4, "progress": False})
+    assert len(dets[0]) == 1 and maps[0].shape == (1, 64, 64) and torch.isfinite(maps[0]).all()
 
 
 def export_fixed_batch_onnx(path: Path) -> Path:
