@@ -150,10 +150,12 @@ class YOLOBoxTarget(DetectionTarget):
         self.rf_parts: list[tuple[Any, slice, Tensor, Tensor]] = []
         return super().__call__(output)
 
-    def local_gradients(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor) -> list[Tensor] | None:
+    def local_gradients(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor,
+                        needed: Tensor | None = None) -> list[Tensor] | None:
         """Gradients ``[len(rows), *leaf.shape]`` of the flat scores ``rows`` w.r.t. ``leaves`` from
         receptive-field crops (the engine's seam, see ``dsxai.gradient``); None where the last call's scores did
-        not all come through the class branch of one forward or a leaf is not a head input.
+        not all come through the class branch of one forward or a leaf is not a head input. ``needed``
+        (``[len(rows), L]`` bool, ``fuse="level"``): leaves no row needs come back as zeros, uncomputed.
 
         Why: the same gradients as a batched backward without vmap's one convolution backward per target.
         """
@@ -167,7 +169,7 @@ class YOLOBoxTarget(DetectionTarget):
         anchors = torch.cat([a for _, _, a, _ in parts]).to(device)[rows]
         labels = torch.cat([c for _, _, _, c in parts]).to(device)[rows]
         images = torch.cat([torch.full((len(a),), b, device=device) for b, (_, _, a, _) in enumerate(parts)])
-        return parts[0][0].gradients(leaves, images[rows], anchors, labels, flat_scores.detach()[rows])
+        return parts[0][0].gradients(leaves, images[rows], anchors, labels, flat_scores.detach()[rows], needed)
 
     # --------------------------------------------------------------- decoding
     def decode(self, output: Any) -> tuple[list[Detections], list[Tensor]]:

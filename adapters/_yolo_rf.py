@@ -91,10 +91,12 @@ class ClassBranchCrops:
         return anchor_levels(self.feats, anchors)
 
     def gradients(self, leaves: list[Tensor], images: Tensor, anchors: Tensor, labels: Tensor,
-                  expected: Tensor) -> list[Tensor] | None:
+                  expected: Tensor, needed: Tensor | None = None) -> list[Tensor] | None:
         """Gradients ``[n, *leaf.shape]`` of the sigmoid class scores at ``(images, anchors, labels)`` w.r.t.
         each leaf; None (caller takes the general path) when a leaf is not a head input or the crop scores do
-        not reproduce ``expected`` (the targets' own scores) within 1e-5."""
+        not reproduce ``expected`` (the targets' own scores) within 1e-5. ``needed`` (``[n, len(leaves)]``
+        bool; None: all): a leaf none of a level's targets needs gets zeros, and the neck is not walked back to it
+        (why: under ``fuse="level"`` that backward is most of the time, for maps that are then dropped)."""
         index = {id(f): i for i, f in enumerate(self.feats)}
         if not leaves or any(id(leaf) not in index for leaf in leaves):
             return None
@@ -107,7 +109,8 @@ class ClassBranchCrops:
             own = self._level_gradients(i, images[mine], cell[mine], labels[mine], expected[mine])
             if own is None:
                 return None
-            lower = [k for k, leaf in enumerate(leaves) if leaf is not self.feats[i]]
+            wanted = [True] * len(leaves) if needed is None else needed[mine.cpu()].any(0).tolist()
+            lower = [k for k, leaf in enumerate(leaves) if leaf is not self.feats[i] and wanted[k]]
             if lower:  # through the neck: the crop gradient carried back along the recorded graph
                 try:
                     carried = torch.autograd.grad(self.feats[i], [leaves[k] for k in lower], grad_outputs=own,

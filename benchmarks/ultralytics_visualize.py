@@ -16,6 +16,7 @@ default, Ultralytics' cap; ``conf=0`` so a random-init model has enough):
 
     python benchmarks/ultralytics_visualize.py                      # YOLOv8n from yolov8n.yaml, random init
     python benchmarks/ultralytics_visualize.py --weights ../shared/data/weights/<yolov8s person>.pt --imgsz 640
+    python benchmarks/ultralytics_visualize.py --method layercam-level   # each box from its own head level
 
 Prints a table and writes ``benchmarks/results/ultralytics_visualize-<device>-<imgsz>.json``.
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--boxes", type=int, default=16, help="predictions explained (Ultralytics caps at 16)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--method", default="layercam",
+                        help="dsxai's method: layercam (P3-P5 fused, the default) or layercam-level (each box "
+                             "from its own head level, no backward through the neck to the others)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             return yolo.predict(str(image), visualize=True, project=tmp, name="cam", exist_ok=True, **predict)
 
         adapter = UltralyticsAdapter(yolo, imgsz=args.imgsz)
-        cam = dsxai.LayerCAM(adapter.model, adapter.default_layers)
+        cam = dsxai.get_method(args.method)(adapter.model, adapter.default_layers)
 
         def ours():
             batch = adapter.preprocess(str(image))
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     maps = ours.maps[0]
 
     rows = [("ultralytics predict", plain_s, 0), ("ultralytics visualize", visualize_s, 1),
-            ("dsxai LayerCAM", ours_s, int(maps.shape[0]))]
+            (f"dsxai {args.method}", ours_s, int(maps.shape[0]))]
     print(f"{args.weights} at {args.imgsz} px on {device.type} ({torch.get_num_threads()} threads), {args.boxes} "
           f"predictions, medians of >= {args.repeats} runs taken in turn")
     print("| call | ms per image | maps per image | ms per map | x plain predict |")
@@ -115,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "device": device.type, "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else
         (platform.processor() or platform.machine()), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "ultralytics": ultralytics.__version__, "repeats": args.repeats,
+        "method": args.method,
         "ultralytics_predict_s": plain_s, "ultralytics_visualize_s": visualize_s, "dsxai_s": ours_s,
         "dsxai_maps": int(maps.shape[0]), "dsxai_over_visualize": ours_s / visualize_s,
     }
-    out = args.out or ROOT / "results" / f"ultralytics_visualize-{device.type}-{args.imgsz}.json"
+    suffix = "" if args.method == "layercam" else f"-{args.method}"
+    out = args.out or ROOT / "results" / f"ultralytics_visualize-{device.type}-{args.imgsz}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

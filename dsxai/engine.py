@@ -171,6 +171,9 @@ class TargetScores:
     image_of: Tensor
     counts: list[int]
     dense: bool  # the target returned one [B, T] tensor
+    #: ``[N, S]`` bool, which sources each target keeps (``fuse="level"``); None: every source. Why here: a
+    #: kind may then skip what no kept map needs (a gradient through the neck to a level nobody keeps).
+    keep: Tensor | None = None
 
 
 class BaseCAM:
@@ -307,9 +310,11 @@ class BaseCAM:
         size = x.shape[-2:]
         if scores.flat.numel() == 0:
             return [x.new_zeros((0,) + tuple(size), dtype=torch.float32) for _ in scores.counts], scores
-        low_res = self.low_res_maps(x, sources, targets, scores)
         if self.fuse == "level":
-            low_res = keep_sources(low_res, level_keep([s.name for s in sources], targets, scores.counts))
+            scores.keep = level_keep([s.name for s in sources], targets, scores.counts)
+        low_res = self.low_res_maps(x, sources, targets, scores)
+        if scores.keep is not None:
+            low_res = keep_sources(low_res, scores.keep)
         else:
             warn_no_evidence(self.model, [s.name for s in sources], low_res)
         fused = fuse_sources(low_res, tuple(size), "max" if self.fuse == "max" else "mean")

@@ -21,7 +21,8 @@ class GradientCAM(BaseCAM):
     Why: one batched backward (``is_grads_batched``) over chunks of targets is what makes per-box maps cheap.
     A target may compute the same gradients itself, faster (YOLO class scores from receptive-field crops):
     ``targets.local_gradients(flat_scores, leaves, rows)`` returning one ``[len(rows), *leaf.shape]`` per
-    leaf, or None to leave them to the batched backward.
+    leaf, or None to leave them to the batched backward. Under ``fuse="level"`` it is also given
+    ``needed=`` (``[len(rows), L]`` bool, the leaves each row's kept map reads) and may return zeros elsewhere.
     """
 
     needs_gradients = True
@@ -45,11 +46,18 @@ class GradientCAM(BaseCAM):
                 )
         maps: list[list[Tensor]] = [[] for _ in sources]
         flat, total = scores.flat, scores.flat.numel()
+        needed = _needed_leaves(sources, leaves, scores.keep)
+        local = getattr(targets, "local_gradients", None)
         for start in range(0, total, self.chunk_size):
             rows = torch.arange(start, min(start + self.chunk_size, total), device=flat.device)
-            local = getattr(targets, "local_gradients", None)
-            grads = local(flat, leaves, rows) if callable(local) else None
-            grads = self._grads(flat, leaves, rows) if grads is None else grads
+            wanted = None if needed is None else needed[rows.cpu()]
+            if not callable(local):
+                grads = None
+            elif wanted is None:
+                grads = local(flat, leaves, rows)
+            else:
+                grads = local(flat, leaves, rows, needed=wanted)
+            grads = self._grads(flat, leaves, rows, wanted) if grads is None else grads
             grad_of = {id(leaf): g for leaf, g in zip(leaves, grads)}
             owners = scores.image_of[rows]
             for k, source in enumerate(sources):
@@ -61,8 +69,17 @@ class GradientCAM(BaseCAM):
             del grads, grad_of
         return [torch.cat(m) for m in maps]
 
-    def _grads(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor) -> list[Tensor]:
-        """Gradients of the selected scores w.r.t. each leaf: ``[len(rows), *leaf.shape]``."""
+    def _grads(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor,
+               needed: Tensor | None = None) -> list[Tensor]:
+        """Gradients of the selected scores w.r.t. each leaf: ``[len(rows), *leaf.shape]``; zeros for a leaf
+        that no row needs (``needed`` ``[len(rows), L]`` bool; None: all), whose graph autograd then skips."""
+        used = [True] * len(leaves) if needed is None else needed.any(0).tolist()
+        filled = iter(self._batched_grads(flat_scores, [leaf for leaf, u in zip(leaves, used) if u], rows))
+        return [next(filled) if u else torch.zeros((len(rows),) + leaf.shape, device=leaf.device, dtype=leaf.dtype)
+                for leaf, u in zip(leaves, used)]
+
+    def _batched_grads(self, flat_scores: Tensor, leaves: list[Tensor], rows: Tensor) -> list[Tensor]:
+        """:meth:`_grads` for every leaf: one backward batched over the rows, a loop where vmap has no rule."""
         picks = torch.zeros(len(rows), flat_scores.numel(), device=flat_scores.device, dtype=flat_scores.dtype)
         picks[torch.arange(len(rows)), rows] = 1
         try:
@@ -86,6 +103,17 @@ class GradientCAM(BaseCAM):
         return [torch.zeros((len(rows),) + leaf.shape, device=leaf.device, dtype=leaf.dtype) if g is None else g
                 for g, leaf in zip(grads, leaves)]
 
+
+
+def _needed_leaves(sources: list[FeatureSource], leaves: list[Tensor], keep: Tensor | None) -> Tensor | None:
+    """``[N, L]`` bool: which leaves each target's kept sources read (from ``keep`` ``[N, S]``); None: all."""
+    if keep is None:
+        return None
+    column = {id(leaf): j for j, leaf in enumerate(leaves)}
+    needed = torch.zeros(keep.shape[0], len(leaves), dtype=torch.bool)
+    for k, source in enumerate(sources):
+        needed[:, column[id(source.leaf)]] |= keep[:, k].cpu()
+    return needed
 
 
 def _own_gradients(grads: Tensor, owners: Tensor) -> Tensor:
