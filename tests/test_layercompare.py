@@ -95,6 +95,8 @@ def test_cli_compare_writes_files_and_prints_the_recommendation(scene_image, tmp
     assert "recommended layer: model.15" in stdout
     assert main(["layers", "shapes-yolo", "--compare", str(image), "--out", str(out), "--layers", "nope"]) == 2
     assert "unknown layer name 'nope'" in capsys.readouterr().err
+    assert main(["layers", "shapes-yolo", "--compare", str(image), "--out", str(out), "--max-layers", "0"]) == 2
+    assert "--max-layers must be at least 1" in capsys.readouterr().err
 
 
 def test_an_image_without_detections_is_refused_clearly(adapter, tmp_path):

@@ -75,6 +75,8 @@ def _compare(args: argparse.Namespace, adapter) -> int:
     from ..validation import check_conf
 
     get_method(args.method)  # an unknown name fails before any work
+    if args.max_layers < 1:
+        raise ValueError(f"--max-layers must be at least 1 (the columns of the comparison), got {args.max_layers}")
     if args.conf is not None:
         check_conf(args.conf)
     layers = [x for x in args.layers.split(",") if x.strip()] if args.layers else None
