@@ -61,9 +61,9 @@ class _Both(GradientCAM):
         return layer
 
 
-def collect(limit: int | None) -> list[dict]:
+def collect(limit: int | None, adapter=None) -> list[dict]:
     """Per image with matched persons: its geometry, boxes, objects and every layer's maps of those pairs."""
-    adapter = load_bench_adapter(D / "weights/yolov8s_fall_ultralytics/best.pt")
+    adapter = adapter or load_bench_adapter(D / "weights/yolov8s_fall_ultralytics/best.pt")
     gt = load_coco(D / "coco_subset/annotations/instances_val2017_subset.json", D / "coco_subset/images")
     class_map = json.loads((Path(__file__).parent / "class_maps/yolov8s_fall_person.json").read_text())
     class_to_cat = map_classes(adapter.class_names, gt.categories, class_map)
@@ -83,7 +83,8 @@ def collect(limit: int | None) -> list[dict]:
         if not pairs:
             continue
         d, g = [p[0] for p in pairs], [p[1] for p in pairs]
-        records.append({"geometry": batch.geometries[0], "size": tuple(batch.tensor.shape[-2:]),
+        records.append({"image": gt.image_path(image_id), "matched": dets[d],
+                        "geometry": batch.geometries[0], "size": tuple(batch.tensor.shape[-2:]),
                         "own": [layers.index(n) for n in (target.source_layers()[0][i] for i in d)],
                         "net_boxes": dets.meta["network_boxes"][d], "boxes": dets.boxes[d],
                         "gt_boxes": torch.from_numpy(objs["boxes"][g]), "gt_masks": torch.from_numpy(objs["masks"][g]),

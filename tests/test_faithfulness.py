@@ -162,6 +162,7 @@ def test_the_run_does_exactly_the_forwards_it_prints(shapes_set, adapter, tmp_pa
     # that counted the pairs before the start
     assert with_faith - without == planned + n_images
     assert on["faithfulness_cost"]["forwards_run"] == on["faithfulness_cost"]["planned_forwards"] == planned
+    assert on["faithfulness_cost"]["batch_size"] == 3 and on["faithfulness_cost"]["batch_size_tuning_forwards"] == 0
     assert "faithfulness_cost" not in off
     assert off["methods"]["layercam"]["deletion_auc"]["mean"] is None
     d, i = on["methods"]["layercam"]["deletion_auc"]["mean"], on["methods"]["layercam"]["insertion_auc"]["mean"]

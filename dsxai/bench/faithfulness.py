@@ -59,6 +59,7 @@ class ForwardCounter:
     bar: Progress | None = field(default=None, repr=False)
     #: images run to choose the batch size (not protocol forwards: counted apart, 0 when it was given)
     tuning: int = 0
+    #: the batch size the perturbed images ran at, given or measured (None: no image needed faithfulness)
     batch_size: int | None = None
 
     def __call__(self, n: int) -> None:
@@ -167,6 +168,8 @@ def _batch_size(setup: BenchSetup, image: np.ndarray, predict: Callable, counter
     """The run's batch size: the one given, else measured once per process on its first faithfulness image
     (each Ray worker measures on its own device) and announced."""
     if setup.cfg.batch_size is not None:
+        if counter is not None:
+            counter.batch_size = int(setup.cfg.batch_size)
         return int(setup.cfg.batch_size)
     if setup.batch_size is None:
         chosen, per_image, images_run = measure_batch_size(predict, image, setup.adapter.device)
