@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import dsxai
 from dsxai.gradient import GradientCAM
@@ -222,7 +222,7 @@ def test_maps_equal_the_vmap_path_on_the_shapes_yolo():
 
 # ------------------------------------------------------------------------------------ fuse="level"
 @pytest.mark.parametrize("crops, chunk_size", [(True, 64), (False, 1)])
-def test_level_fusion_walks_no_neck_for_dropped_levels_and_keeps_the_maps(models, crops, chunk_size):
+def test_level_fusion_walks_no_neck_for_dropped_levels_and_keeps_the_maps(models, crops, chunk_size, monkeypatch):
     # fuse="level" keeps one head level per detection, so the gradients it drops (through the neck to the
     # other levels) are not computed: not by the crop path, nor by the general one when a chunk is one level
     size = 64  # 8 x 8 + 4 x 4 + 2 x 2 = 84 anchors, every one a target: every level is explained
@@ -231,10 +231,14 @@ def test_level_fusion_walks_no_neck_for_dropped_levels_and_keeps_the_maps(models
     batch = adapter.preprocess(BUS)
     options = dict(conf=0.0, max_dets=84, nms=False)
     target = adapter.box_target(batch, **options)
-    seen = spy_grads(target if crops else None)
+    if crops:
+        calls = spy_local(target)
+    else:  # the engine's general backward, one call per chunk
+        calls, general = [], GradientCAM._grads
+        monkeypatch.setattr(GradientCAM, "_grads", lambda cam, *a, **k: calls.append(general(cam, *a, **k)) or calls[-1])
     cam = dsxai.LayerCAM(adapter.model, adapter.default_layers, fuse="level", chunk_size=chunk_size)
     mine = cam.explain(batch.tensor, target).maps[0]
-    seen.stop()
+    monkeypatch.undo()
     # the reference: one chunk holding every level, so every gradient is computed, then masked
     reference = without_crops(UltralyticsAdapter(models["yolov8n.yaml"], imgsz=size))
     theirs = dsxai.LayerCAM(reference.model, reference.default_layers, fuse="level", chunk_size=84).explain(
@@ -242,35 +246,9 @@ def test_level_fusion_walks_no_neck_for_dropped_levels_and_keeps_the_maps(models
     levels = [adapter.default_layers.index(name) for name in target.source_layers()[0]]
     assert sorted(set(levels)) == [0, 1, 2] and len(levels) == 84
     assert mine.shape == theirs.shape and float((mine - theirs).abs().max()) <= MAP_ATOL
-    p3 = torch.cat(seen.p3)  # gradients w.r.t. the first head input (P3), one row per target
+    p3 = torch.cat([grads[0][:, 0] for grads in calls])  # w.r.t. the first head input (P3), a row per target
     above = torch.tensor(levels) > 0
     assert float(p3[above].abs().max()) == 0.0 and float(p3[~above].abs().max()) > 0
-
-
-class spy_grads:
-    """Record each chunk's gradients w.r.t. the first head input: from the target's crops when given one,
-    else from the engine's general backward."""
-
-    def __init__(self, target):
-        self.p3: list[Tensor] = []
-        if target is not None:
-            local = target.local_gradients
-
-            def crops(*args, **kwargs):
-                grads = local(*args, **kwargs)
-                self.p3.append(grads[0][:, 0])
-                return grads
-            target.local_gradients = crops
-            self.stop = lambda: None
-        else:
-            general = GradientCAM._grads
-
-            def backward(cam, *args, **kwargs):
-                grads = general(cam, *args, **kwargs)
-                self.p3.append(grads[0][:, 0])
-                return grads
-            GradientCAM._grads = backward
-            self.stop = lambda: setattr(GradientCAM, "_grads", general)
 
 
 # --------------------------------------------------------------------------------------- fall backs
