@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["as_boxes", "pixel_bounds", "box_masks", "box_iou", "paired_iou", "xywh_to_xyxy", "cxcywh_to_xyxy",
-           "mask_boxes"]
+           "mask_boxes", "gaussian_maps", "box_gaussians"]
 
 
 def as_boxes(boxes: Tensor, device: torch.device | str | None = None) -> Tensor:
@@ -100,3 +100,23 @@ def mask_boxes(masks: Tensor) -> Tensor:
     y2 = torch.where(rows, ys + 1, 0).amax(1)
     boxes = torch.stack([x1, y1, x2, y2], 1).float()
     return torch.where(masks.flatten(1).any(1)[:, None], boxes, torch.zeros_like(boxes)).cpu()
+
+
+def gaussian_maps(size: tuple[int, int], centers: Tensor, sigmas: Tensor) -> Tensor:
+    """Separable Gaussians ``[N, H, W]`` (peak 1) at pixel-edge ``centers [N, 2]`` (x, y) with ``sigmas [N, 2]``."""
+    h, w = size
+    ys = torch.arange(h, dtype=torch.float32, device=centers.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float32, device=centers.device) + 0.5
+    gy = torch.exp(-0.5 * ((ys[None] - centers[:, 1:2]) / sigmas[:, 1:2]) ** 2)
+    gx = torch.exp(-0.5 * ((xs[None] - centers[:, 0:1]) / sigmas[:, 0:1]) ** 2)
+    g = gy[:, :, None] * gx[:, None, :]
+    return g / g.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
+def box_gaussians(boxes: Tensor, size: tuple[int, int], scale: float = 0.25) -> Tensor:
+    """A Gaussian ``[N, H, W]`` at each box centre, sigma = ``scale`` x (box width, box height), at least half
+    a pixel: the box prior of the benchmark (``scale`` 1/4) and the ``+window`` gate (:mod:`dsxai.window`)."""
+    boxes = as_boxes(boxes, boxes.device if isinstance(boxes, Tensor) else None)
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sigmas = ((boxes[:, 2:] - boxes[:, :2]) * scale).clamp_min(0.5)
+    return gaussian_maps(size, centers, sigmas)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import box_masks, paired_iou
+from .boxes import box_gaussians, box_masks, gaussian_maps, paired_iou
 from .detections import Detections
 from .drise import drise_weights
 
@@ -465,16 +465,6 @@ def _kind_curves(plan: _Perturbations, scores: Tensor, kind: int, device: torch.
 BASELINES: tuple[str, ...] = ("uniform", "center", "box_gaussian")
 
 
-def _gaussian(size: tuple[int, int], centers: Tensor, sigmas: Tensor) -> Tensor:
-    h, w = size
-    ys = torch.arange(h, dtype=torch.float32, device=centers.device) + 0.5
-    xs = torch.arange(w, dtype=torch.float32, device=centers.device) + 0.5
-    gy = torch.exp(-0.5 * ((ys[None] - centers[:, 1:2]) / sigmas[:, 1:2]) ** 2)
-    gx = torch.exp(-0.5 * ((xs[None] - centers[:, 0:1]) / sigmas[:, 0:1]) ** 2)
-    g = gy[:, :, None] * gx[:, None, :]
-    return g / g.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-
-
 def baseline_maps(name: str, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """Baseline maps ``[N, H, W]`` for detected boxes ``[N, 4]``.
 
@@ -489,9 +479,7 @@ def baseline_maps(name: str, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     if name == "center":
         c = boxes.new_tensor([w / 2, h / 2]).expand(n, 2)
         s = boxes.new_tensor([w / 4, h / 4]).expand(n, 2)
-        return _gaussian(size, c, s)
+        return gaussian_maps(size, c, s)
     if name == "box_gaussian":
-        c = (boxes[:, :2] + boxes[:, 2:]) / 2
-        s = ((boxes[:, 2:] - boxes[:, :2]) / 4).clamp_min(0.5)
-        return _gaussian(size, c, s)
+        return box_gaussians(boxes, size, 0.25)
     raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")

@@ -23,6 +23,7 @@ from .engine import BaseCAM
 from .explanation import Explanation, jsonable
 from .imaging import ImageLike, load_images, read_orientation
 from .methods import METHODS, get_method
+from .window import split_window, window_maps
 from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
     check_positive_int
 
@@ -51,7 +52,12 @@ def explain_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], meth
     Raises ValueError when the target keeps no detections (a target without ``.detections``): a map
     must always say what it explains. ``method="drise"`` (or a :class:`dsxai.drise.DRISE`) runs D-RISE: no
     layers, ``method_options`` are its options (``masks``, ``grid``, ``p``, ``mask_batch``, ``seed``, ...).
+    A name ending in ``+window`` weights each map by a window on its box (:mod:`dsxai.window`).
     """
+    method, window = split_window(method)
+    if window is not None:
+        detections, maps = explain_maps(adapter, images, method, layers, targets, method_options, **target_options)
+        return detections, window_maps(detections, maps, window)
     if is_drise(method):
         return drise_maps(adapter, adapter.preprocess(images), method, layers, targets, method_options,
                           target_options)
@@ -133,7 +139,9 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
         method: CAM method name (``dsxai.METHODS``) or class, or ``"drise"`` (black-box D-RISE: no
             layers; options ``masks``, ``grid``, ``p``, ``mask_batch``, ``seed``, ``fill``,
             ``masked_conf``, see :class:`dsxai.drise.DRISE`); None picks :data:`DEFAULT_METHOD` for the
-            model's task (LayerCAM: it localises per box where plain GradCAM does not).
+            model's task (LayerCAM: it localises per box where plain GradCAM does not). A name may end in
+            ``+window`` (``"layercam-level+window"``): each map weighted by a soft window on its box
+            (:mod:`dsxai.window`); ``settings["window"]`` records its scale.
         layers: layer names (default: the adapter's ``default_layers``).
         targets: ``"boxes"`` (one map per detection), ``"masks"`` (per predicted mask) or
             ``"classes"`` (Ultralytics: per class as a whole); None: the adapter's default
@@ -162,6 +170,7 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
     adapter = resolve(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
     method = method or DEFAULT_METHOD.get(task, "layercam")
+    named, (method, window) = method, split_window(method)
     if is_drise(method):  # black box: no layers; its options (masks, seed, ...) are told apart by name
         check_no_layers(layers)
         used_layers, (cam, target_options) = [], split_drise_options(options)
@@ -173,8 +182,9 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
     targets = targets or adapter.default_targets
     originals = load_images(images, max_pixels)
     detections, maps = _explain_in_chunks(adapter, cam, originals, batch_size, targets, target_options)
+    maps = window_maps(detections, maps, window)
     settings = {
-        "method": method_name(method),
+        "method": method_name(named), "window": window,
         "layers": [str(x) for x in used_layers], "targets": targets, "conf": conf, "classes": class_ids,
         "max_dets": max_dets, "device": str(adapter.device), "adapter": type(adapter).__name__,
         "task": task, "options": jsonable(options), "dsxai": __version__,

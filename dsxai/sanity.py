@@ -21,6 +21,7 @@ from .methods import get_method
 from .engine import BaseCAM
 from .layers import preserved_state
 from .pipeline import MethodSpec
+from .window import split_window, window_maps
 
 __all__ = ["randomized_copy", "rank_correlation", "randomized_maps", "sanity_correlations", "add_sanity",
            "SANITY_KEY"]
@@ -88,7 +89,10 @@ def randomized_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], m
     The target decodes the trained model's output once; later calls score the same (anchor, class) pairs
     on the twin's output, so row ``k`` explains the same detection as in :func:`dsxai.pipeline.explain_maps`.
     ``layers`` name modules of ``adapter.model`` (default: its ``default_layers``); the twin has the same names.
+    A ``+window`` name windows the twin's maps alike (:mod:`dsxai.window`): the shared window raises the
+    correlation, so compare it with the plain method's.
     """
+    method, window = split_window(method)
     if isinstance(method, BaseCAM):
         raise ValueError("pass a method name or class: the randomised twin needs a method of its own")
     model = adapter.model
@@ -103,7 +107,8 @@ def randomized_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], m
                          "detections, so the randomised maps would explain nothing nameable")
     twin = random_model if random_model is not None else randomized_copy(model, seed)
     maps = get_method(method)(twin, names, **(method_options or {})).explain(batch.tensor, target).maps
-    return target.detections, [g.maps_to_original(m) for g, m in zip(batch.geometries, maps)]
+    return target.detections, window_maps(target.detections,
+                                          [g.maps_to_original(m) for g, m in zip(batch.geometries, maps)], window)
 
 
 def _name_in(model: nn.Module, layer: str | nn.Module) -> str:

@@ -180,3 +180,16 @@ def test_bench_with_drise_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
     with pytest.raises(bench.BenchError, match="explain_model"):
         bench.run_benchmark(adapter, ann, images, tmp_path / "out2", methods=["drise"], progress=False,
                             explain_model=adapter.model)
+
+
+@pytest.mark.parametrize("name", ["shapes-fasterrcnn", "shapes-yolo-seg"])
+def test_known_answer_on_other_detector_families(name, scenes):
+    """D-RISE needs only ``predict``: a torchvision two-stage detector and a YOLO segmenter, same known answer."""
+    from dsxai.adapters import resolve
+
+    adapter = resolve(name)
+    ex = dsxai.explain(adapter, scenes[0].image, method="drise", seed=1, conf=0.5, **FAST)
+    dets, maps = ex.detections[0], ex.maps[0]
+    assert len(dets) >= 2 and maps.shape == (len(dets), *scenes[0].image.shape[:2])
+    hits = _peak_in_box(maps, dets.boxes)
+    assert sum(hits) >= 0.9 * len(hits)  # 5/5 (Faster R-CNN) and 4/4 (YOLO-seg) when measured

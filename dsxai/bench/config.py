@@ -130,6 +130,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         from ..drise import is_drise
         from ..methods import get_method
+        from ..window import split_window
 
         check_bench_options(limit=self.limit, steps=self.steps, conf=self.conf, match_iou=self.match_iou,
                             threshold=self.threshold, tolerance=self.tolerance, gallery=self.gallery,
@@ -144,11 +145,16 @@ class BenchConfig:
         if not self.methods:
             raise BenchError("no methods given; pass e.g. methods=['gradcam', 'layercam']")
         for method in self.methods:
-            if is_drise(method) and self.explain_model is not None:
-                raise BenchError("drise reads no layer of a module, so explain_model (maps from another module) "
-                                 "does not apply to it; drop drise from methods or explain_model")
-            if not is_drise(method):
-                get_method(method)  # unknown names fail here, before any work
+            try:
+                base, window = split_window(method)
+            except ValueError as exc:
+                raise BenchError(str(exc)) from None
+            if self.explain_model is not None and (is_drise(base) or window is not None):
+                raise BenchError(f"{method} is not a plain CAM of a module's layers, so explain_model (maps from "
+                                 f"another module) does not apply to it; drop {method} from methods or "
+                                 "explain_model")
+            if not is_drise(base):
+                get_method(base)  # unknown names fail here, before any work
         self.class_map = read_class_map(self.class_map)
         self.faithfulness = bool(self.faithfulness)
 

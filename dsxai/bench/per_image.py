@@ -20,6 +20,7 @@ from ..drise import is_drise
 from ..groundtruth import CocoGroundTruth
 from ..imaging import load_image
 from ..pipeline import explain_maps
+from ..window import split_window
 from .config import BenchConfig, BenchError
 from .faithfulness import ForwardCounter, add_faithfulness, image_faithfulness
 from .score import match_detections, score_baselines, score_maps
@@ -73,7 +74,7 @@ def explain_image(setup: BenchSetup, image: np.ndarray, method: str) -> tuple[De
     adapter, options = setup.adapter, {"conf": setup.cfg.conf, "classes": sorted(setup.class_to_cat)}
     explain_model = setup.cfg.explain_model
     if explain_model is None:
-        quiet = {"progress": False} if is_drise(method) else None  # the run's own bar counts the images
+        quiet = {"progress": False} if is_drise(split_window(method)[0]) else None  # the run's bar counts images
         dets, maps = explain_maps(adapter, image, method=method, method_options=quiet, **options)
         return dets[0], maps[0]
     from ..methods import get_method

@@ -32,7 +32,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-maskrcnn, shapes-unet")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("--method", default=None, help="CAM method (default: layercam); e.g. hirescam, gradcam, "
-                        "eigencam, gradcam++, or drise (black-box D-RISE: random masks, no layers, no gradients)")
+                        "eigencam, gradcam++, or drise (black-box D-RISE: random masks, no layers, no gradients); "
+                        "append +window (e.g. layercam-level+window) to weight each map by a soft window on its box")
     parser.add_argument("--masks", type=int, default=None, help="D-RISE: random masks per image (default: 1000)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="D-RISE: masked images per forward (default: 32)")
@@ -111,10 +112,14 @@ def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
     from ..methods import get_method
     from ..pipeline import resolve_classes
     from ..render import colormap_table
+    from ..window import split_window
     from ..runs import check_output_folder
 
     drise = drise_options(args)
-    method = get_method(args.method) if args.method and drise is None else args.method  # parsed here, once
+    base, window = split_window(args.method)
+    method = get_method(base) if base and drise is None else base  # parsed here, once
+    if window is not None:
+        method = args.method  # explain() reads the window from the name
     colormap_table(args.colormap)
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -139,10 +144,11 @@ def drise_options(args: argparse.Namespace) -> dict[str, Any] | None:
     """The D-RISE options of ``--method drise`` (None for other methods), checked in flag wording."""
     from ..drise import is_drise
     from ..validation import check_positive_int
+    from ..window import split_window
 
     given = {flag: value for flag, value in (("--masks", args.masks), ("--batch-size", args.batch_size),
                                               ("--seed", args.seed)) if value is not None}
-    if not (args.method and is_drise(args.method)):
+    if not (args.method and is_drise(split_window(args.method)[0])):
         if given:
             raise CommandError(f"{', '.join(given)} apply to --method drise only")
         return None
