@@ -11,7 +11,7 @@ share of pairs where the method's insertion AUC is higher.
     python benchmarks/person_window.py --methods layercam-level+window --oracle      # 146 pairs, ~45 min
     python benchmarks/person_window.py --methods layercam-level+window --limit 8     # a quick screen
 
-Writes ``benchmarks/results/person_window[-limitN].json`` (per-pair values included).
+Writes ``benchmarks/results/person_window[-limitN][-kK].json`` (per-pair values included).
 """
 from __future__ import annotations
 
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         diff = "" if d is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({d['wins']:.0%})"
         print(f"| {name} | {entry['pointing_game_mask']['mean']:.3f} | {cell('energy_mask')} | "
               f"{cell('insertion_auc')} | {diff} | {cell('deletion_auc')} |")
-    out = Path(__file__).parent / "results" / ("person_window.json" if args.limit is None
-                                               else f"person_window-limit{args.limit}.json")
+    tags = ("" if args.limit is None else f"-limit{args.limit}") + ("" if args.steps == 20 else f"-k{args.steps}")
+    out = Path(__file__).parent / "results" / f"person_window{tags}.json"
     write_atomic(out, json.dumps({"pairs": n, "images": len(records), "steps": args.steps, "limit": args.limit,
                                   "methods": methods, "maps": summary}, indent=1) + "\n")
     print(f"wrote {out}")
