@@ -251,7 +251,7 @@ def get_method(name: str | type[BaseCAM]) -> type[BaseCAM]:
     if key not in METHODS:
         hint = ("; 'drise' (black-box, no layers) explains boxes through dsxai.explain, `dsxai explain` and "
                 "`dsxai bench` only" if key == "drise" else "")
-        if "+" in key:
+        if "+window" in key:
             hint = ("; a '+window' name (a per-box window on the maps, dsxai.window) works in dsxai.explain, "
                     "`dsxai explain` and `dsxai bench` only")
         raise ValueError(f"unknown method {name!r}; choose one of: "

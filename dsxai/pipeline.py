@@ -170,7 +170,8 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
     adapter = resolve(model_or_adapter, device=device, trust=trust, **(adapter_options or {}))
     task = getattr(adapter, "task", "detect")
     method = method or DEFAULT_METHOD.get(task, "layercam")
-    named, (method, window) = method, split_window(method)
+    named = method  # recorded as given, window suffix included
+    method, window = split_window(method)
     if is_drise(method):  # black box: no layers; its options (masks, seed, ...) are told apart by name
         check_no_layers(layers)
         used_layers, (cam, target_options) = [], split_drise_options(options)

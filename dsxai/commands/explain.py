@@ -112,8 +112,8 @@ def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
     from ..methods import get_method
     from ..pipeline import resolve_classes
     from ..render import colormap_table
-    from ..window import split_window
     from ..runs import check_output_folder
+    from ..window import split_window
 
     drise = drise_options(args)
     base, window = split_window(args.method)
