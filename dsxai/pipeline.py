@@ -27,7 +27,8 @@ from .window import split_window, window_maps
 from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
     check_positive_int
 
-__all__ = ["explain", "explain_maps", "build_method", "DEFAULT_METHOD", "resolve_classes", "method_name"]
+__all__ = ["explain", "explain_maps", "build_method", "DEFAULT_METHOD", "resolve_classes", "method_name",
+           "method_option_names"]
 
 #: Default CAM method per adapter task. Plain GradCAM averages the gradient over the whole
 #: feature map, so on detectors (one small box among many anchors) its map peaks inside its own
@@ -216,12 +217,14 @@ def _split_options(adapter: Adapter, method_cls: type[BaseCAM], layers: list[Any
                    options: dict[str, Any]) -> tuple[BaseCAM, dict[str, Any]]:
     """The method built once for the adapter's model (unknown layers fail here, before any work) and the
     options left for the target: each option goes to the method when its constructor takes it."""
-    names = _method_option_names(method_cls)
+    names = method_option_names(method_cls)
     cam = method_cls(adapter.model, layers, **{k: v for k, v in options.items() if k in names})
     return cam, {k: v for k, v in options.items() if k not in names}
 
 
-def _method_option_names(method_cls: type[BaseCAM]) -> set[str]:
+def method_option_names(method_cls: type[BaseCAM]) -> set[str]:
+    """The keyword options ``method_cls`` takes (its constructors' parameters but ``model`` and ``layers``):
+    how :func:`explain` tells method options from target options."""
     names: set[str] = set()
     for klass in method_cls.__mro__:
         init = klass.__dict__.get("__init__")

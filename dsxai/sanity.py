@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from .adapter import Adapter
 from .detections import Detections
-from .imaging import ImageLike
-from .methods import get_method
+from .drise import is_drise
 from .engine import BaseCAM
+from .imaging import ImageLike
 from .layers import preserved_state
-from .pipeline import MethodSpec
+from .methods import get_method
+from .pipeline import MethodSpec, method_option_names
 from .window import split_window, window_maps
 
 __all__ = ["randomized_copy", "rank_correlation", "randomized_maps", "sanity_correlations", "add_sanity",
@@ -123,12 +124,14 @@ def _name_in(model: nn.Module, layer: str | nn.Module) -> str:
 
 def sanity_correlations(adapter: Adapter, image: ImageLike, detections: Detections, maps: Tensor,
                         method: MethodSpec = "layercam", layers: Sequence[str | nn.Module] | None = None,
-                        targets: str | None = None, seed: int = 0, **target_options: Any) -> Tensor:
+                        targets: str | None = None, seed: int = 0, method_options: dict[str, Any] | None = None,
+                        **target_options: Any) -> Tensor:
     """Per detection of one image, the rank correlation ``[N]`` of its trained map ``maps`` with the map a
     randomised-weights twin gives for the same detection (high = the map reflects the architecture, not the
-    weights). Raises ValueError when the twin's target keeps other detections than ``detections``."""
-    random_dets, random_maps = randomized_maps(adapter, [image], method, layers, targets, seed=seed,
-                                               **target_options)
+    weights); ``method_options`` (``hflip``, ``noise_samples``, ...) must be those ``maps`` were made with.
+    Raises ValueError when the twin's target keeps other detections than ``detections``."""
+    random_dets, random_maps = randomized_maps(adapter, [image], method, layers, targets, method_options,
+                                               seed=seed, **target_options)
     other = random_dets[0].cpu()
     if len(other) != len(detections) or not torch.allclose(other.boxes, detections.boxes.cpu(), atol=1e-3):
         raise ValueError(f"the sanity check found {len(other)} detection(s) where the explanation has "
@@ -140,16 +143,30 @@ def add_sanity(adapter: Adapter, explanation: Any, index: int = 0, seed: int = 0
     """Add ``sanity_rank_correlation`` to each figure of image ``index`` of an :class:`~dsxai.Explanation`
     made with ``adapter`` (same method, layers, targets, conf, classes and max_dets, read from its settings);
     returns the values (None where a map is constant). High (near 1): the map reflects the architecture, not
-    the trained weights; low (near 0): it depends on what the model learned."""
+    the trained weights; low (near 0): it depends on what the model learned. The twin runs with the
+    explanation's own method options (``hflip``, ``noise_samples``, ...) and target options (``iou``, ...).
+
+    Raises ValueError for a D-RISE explanation: its maps come from the model's predictions on masked images,
+    and a randomised model predicts nothing to compare them with."""
     settings = explanation.settings
+    method = settings.get("method", "layercam")
+    base = split_window(method)[0]
+    if is_drise(base):
+        raise ValueError("the randomised-weights check needs a gradient method (its maps read the weights "
+                         "through the backward); D-RISE maps come from the model's predictions, which a "
+                         "randomised model does not share: check the same detections with e.g. layercam")
     segment = settings.get("task") == "segment"
     options = {k: settings[k] for k in ("conf", "classes", "max_dets") if settings.get(k) is not None
                and not (segment and k == "conf")}
     if segment and "max_dets" in options:
         options["max_masks"] = options.pop("max_dets")
+    given = dict(settings.get("options") or {})
+    takes = method_option_names(get_method(base))
+    options.update({k: v for k, v in given.items() if k not in takes})
     corr = sanity_correlations(adapter, explanation.images[index], explanation.detections[index],
-                               explanation.maps[index], settings.get("method", "layercam"),
-                               settings.get("layers") or None, settings.get("targets"), seed, **options)
+                               explanation.maps[index], method, settings.get("layers") or None,
+                               settings.get("targets"), seed, {k: v for k, v in given.items() if k in takes},
+                               **options)
     values = [None if v != v else round(float(v), 6) for v in corr.tolist()]  # NaN -> None (valid JSON)
     while len(explanation.extras) < len(explanation.detections):
         explanation.extras.append({})

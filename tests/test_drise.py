@@ -160,6 +160,7 @@ def test_cli_explain_with_drise(tmp_path, scenes, capsys):
     assert (out / "scene_det0.png").is_file()
     for argv, words in ((["--method", "drise", "--masks", "0"], "--masks must be a whole number >= 1"),
                         (["--method", "drise", "--layers", "model.22"], "--layers does not apply to --method drise"),
+                        (["--method", "drise", "--sanity"], "--sanity does not apply to --method drise"),
                         (["--masks", "10"], "--masks apply to --method drise only")):
         code = main(["explain", "shapes-yolo", str(image), *argv, "--out", str(tmp_path / "bad")])
         assert code != 0 and words in capsys.readouterr().err

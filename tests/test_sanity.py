@@ -96,6 +96,25 @@ def test_add_sanity_puts_the_figure_in_figures_and_files(adapter, scene_image, t
     assert [f[SANITY_KEY] for f in back.figures(0)] == values
 
 
+def test_add_sanity_runs_the_twin_with_the_explanations_own_options(adapter, scene_image):
+    ex = explain(adapter, [scene_image], layers=["model.15"], max_dets=2, hflip=True, iou=0.3)
+    values = add_sanity(adapter, ex)
+    dets, same = randomized_maps(adapter, scene_image, "layercam", ["model.15"], method_options={"hflip": True},
+                                 max_dets=2, iou=0.3)
+    _, plain = randomized_maps(adapter, scene_image, "layercam", ["model.15"], max_dets=2, iou=0.3)
+    assert torch.allclose(dets[0].boxes, ex.detections[0].boxes)
+    expected = rank_correlation(ex.maps[0].float(), same[0].float())
+    assert values == pytest.approx(expected.tolist(), abs=1e-6)
+    # the mirrored average changes the twin's maps, so a twin without it would give other figures
+    assert not np.allclose(values, rank_correlation(ex.maps[0].float(), plain[0].float()).tolist(), atol=1e-3)
+
+
+def test_add_sanity_refuses_drise_with_the_reason(adapter, scene_image):
+    ex = explain(adapter, [scene_image], method="drise", masks=16, mask_batch=8, max_dets=1)
+    with pytest.raises(ValueError, match="needs a gradient method.*D-RISE"):
+        add_sanity(adapter, ex)
+
+
 def test_explain_cli_sanity_flag(scene_image, tmp_path, capsys):
     image = write_png(tmp_path / "in" / "scene.png", scene_image)
     code = main(["explain", "shapes-yolo", str(image), "--out", str(tmp_path / "out"), "--layers", "model.15",

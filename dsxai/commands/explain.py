@@ -155,6 +155,10 @@ def drise_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.layers:
         raise CommandError("--layers does not apply to --method drise (a black-box method reads no layer); "
                            "leave it out")
+    if args.sanity:
+        raise CommandError("--sanity does not apply to --method drise: the randomised-weights check compares "
+                           "gradient maps, and D-RISE maps come from the model's predictions, which a randomised "
+                           "model does not share; run --sanity with a gradient method (e.g. --method layercam)")
     for flag in ("--masks", "--batch-size"):
         if flag in given:
             check_positive_int(flag, given[flag])
