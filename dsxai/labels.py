@@ -1,7 +1,7 @@
 """Where detection labels go: next to their box, never over another label, never past the image edge.
 
-A crowded picture (tens of boxes) used to stack labels on each other and cut them at the
-edge ("son 0.29" for "person 0.29"). :func:`place_labels` tries, per label in order, the
+Why: in a crowded picture (tens of boxes) labels drawn above their boxes stack on each other and
+are cut at the edge ("son 0.29" for "person 0.29"). :func:`place_labels` tries, per label in order, the
 spots a reader looks first (above the box, inside its top, below it, inside its bottom),
 then the same rows shifted sideways and further away, and takes the first spot inside the
 image that overlaps no label already placed. A label that fits nowhere near its box is not

@@ -115,7 +115,7 @@ def _rescale(values: Tensor) -> Tensor:
 def per_box_heat(maps: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Each map rescaled to [0, 1] inside its own box and zero outside; fused by max.
 
-    A big object no longer drowns the small ones: every box shows its own map at
+    Why: a big object would drown the small ones; this way every box shows its own map at
     full contrast. Returns the fused ``[H, W]`` map and the ``[H, W]`` bool union of boxes.
     """
     h, w = maps.shape[-2:]
@@ -382,9 +382,6 @@ def banner(image: np.ndarray, text: str) -> np.ndarray:
     cv2.putText(out, text, (max(0, (w - tw) // 2), min(h - 1, 4 + th)), _FONT, scale, (255, 255, 255), thickness,
                 cv2.LINE_AA)
     return out
-
-
-_banner = banner  # older name
 
 
 def titled(picture: np.ndarray, title: str) -> np.ndarray:

@@ -222,6 +222,26 @@ def test_audit_outputs(audits):
         assert thumb.shape[0] >= 64 and thumb.std() > 5
 
 
+def test_thumbnail_has_its_colour_bar_and_title():
+    from dsxai.auditing.report import thumbnail
+    from dsxai.colorbar import colorbar_layout, colorbar_strip
+    from dsxai.detections import Detections
+
+    image = np.full((300, 300, 3), 90, np.uint8)
+    masks = torch.zeros(1, 300, 300, dtype=torch.bool)
+    masks[0, 140:160, 140:160] = True
+    dets = Detections(torch.tensor([[140.0, 140.0, 160.0, 160.0]]), [0.9], [0], (300, 300), masks=masks)
+    maps = torch.zeros(1, 300, 300)
+    maps[0, 145:155, 145:155] = 2.0
+    thumb = thumbnail(image, dets, maps, 0, 8.0, "layercam @ model.15")
+    panel = 192  # the 64 px crop (three times the box, at least 64 px) scaled to 192 px
+    height = colorbar_layout(thumb.shape[1], (panel, panel))[4]
+    assert thumb.shape == (panel + height, 2 * panel + 4, 3)
+    # the strip under the panels is exactly the colour bar with the title, sized for one panel
+    assert np.array_equal(thumb[panel:], colorbar_strip(thumb.shape[1], "jet", "layercam @ model.15", (panel, panel)))
+    assert not np.array_equal(thumb[panel:], colorbar_strip(thumb.shape[1], "jet", "", (panel, panel)))
+
+
 def test_mask_figures_known_values():
     maps = torch.zeros(2, 40, 40)
     masks = torch.zeros(2, 40, 40, dtype=torch.bool)

@@ -160,10 +160,13 @@ def _crop_box(box: tuple[float, float, float, float], size: tuple[int, int]) -> 
     return top, min(h, top + int(side)), left, min(w, left + int(side))
 
 
-def thumbnail(image: np.ndarray, detections: Any, maps: Tensor, k: int, ring_px: float) -> np.ndarray:
-    """Two panels around mask ``k``: the image with the mask outlined, and the map with mask and ring."""
+def thumbnail(image: np.ndarray, detections: Any, maps: Tensor, k: int, ring_px: float,
+              title: str = "") -> np.ndarray:
+    """Two panels around mask ``k``: the image with the mask outlined, and the map (scaled to its own peak)
+    with mask and ring; under them the colour bar from 0 to that peak, titled ``title`` (method @ layers)."""
     import cv2
 
+    from ..colorbar import with_colorbar
     from ..metrics import dilate
     from ..render import draw_mask_contours, overlay
 
@@ -183,17 +186,17 @@ def thumbnail(image: np.ndarray, detections: Any, maps: Tensor, k: int, ring_px:
     interp = cv2.INTER_NEAREST if scale >= 1 else cv2.INTER_AREA
     panels = [cv2.resize(p, size, interpolation=interp) for p in panels]
     gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([panels[0], gap, panels[1]], 1)
+    return with_colorbar(np.concatenate([panels[0], gap, panels[1]], 1), "jet", title, size=panels[0].shape[:2])
 
 
 def write_thumbnails(out: Path, name: str, image: np.ndarray, detections: Any, maps: Tensor,
-                     rows: list[dict[str, Any]], which: str) -> None:
+                     rows: list[dict[str, Any]], which: str, title: str = "") -> None:
     """A thumbnail PNG per row of image ``name`` (``which``: "flagged", "all" or "none"), its relative path
-    set in the row's ``thumbnail``."""
+    set in the row's ``thumbnail``; ``title`` goes under the colour bar."""
     from ..render import write_png
 
     for row in rows:
         if which == "all" or (which == "flagged" and row["flags"]):
             rel = f"{THUMBS}/{name}_m{row['mask']}.png"
-            write_png(out / rel, thumbnail(image, detections, maps, row["mask"], row["ring_px"]))
+            write_png(out / rel, thumbnail(image, detections, maps, row["mask"], row["ring_px"], title))
             row["thumbnail"] = rel

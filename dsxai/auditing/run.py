@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from torch import Tensor
 
+from ..colorbar import caption
 from ..groundtruth import Truth
 from ..imaging import find_image_files
 from ..runs import Journal, Progress, check_output_folder, journal_path, unique_stems
@@ -190,7 +191,8 @@ def _audit_image(plan: AuditPlan, config: AuditConfig, truths: TruthSource, inde
         for row in rows:
             row["image"] = item.name
         if config.out is not None:
-            write_thumbnails(config.out, item.name, image, dets, maps, rows, config.thumbnails)
+            write_thumbnails(config.out, item.name, image, dets, maps, rows, config.thumbnails,
+                             caption(plan.method, plan.layers))
         record["rows"] = rows
     except (ValueError, FileNotFoundError, TypeError, RuntimeError, OSError) as exc:
         record.update(status="error", error=f"{type(exc).__name__}: {exc}", rows=[])
