@@ -151,6 +151,48 @@ def test_onnx_with_fixed_batch_runs_through_explain_and_the_cli(tmp_path, capsys
     assert "explained 2 detection(s) in 2 image(s)" in out
 
 
+def test_onnx_input_flags_make_the_input_the_export_expects(tmp_path, capsys):
+    import argparse
+
+    from dsxai.commands.models import custom_adapter
+
+    model = export_fixed_batch_onnx(tmp_path / "fixed.onnx")
+    names = tmp_path / "names.txt"
+    names.write_text("background\nbright\n")
+    args = argparse.Namespace(model=str(model), adapter=None, task="segment", decode=None, device=None,
+                              mean="0.1,0.2,0.3", std="0.5,0.25,2", bgr=True, class_names=str(names))
+    adapter = custom_adapter(args)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    bgr = torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
+    expected = (bgr - torch.tensor([0.1, 0.2, 0.3])[:, None, None]) / torch.tensor([0.5, 0.25, 2])[:, None, None]
+    got = adapter.preprocess(image).tensor[0]
+    assert torch.allclose(got, expected, atol=1e-5 * float(expected.abs().max()))  # float32 of values up to 2
+    assert adapter.class_names == {0: "background", 1: "bright"}
+    image_path = tmp_path / "im.png"
+    cv2.imwrite(str(image_path), square_image(10, 12))
+    code = main(["explain", str(model), str(image_path), "--task", "segment", "--class-names", "bg,light",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert [f["name"] for f in json.loads((tmp_path / "out/im.json").read_text())["figures"]] == ["light"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mean", "0.5,0.5"], "--mean needs three numbers, one per channel"),
+    (["--mean", "a,b,c"], "--mean needs three numbers, one per channel"),
+    (["--std", "1,0,1"], "--std values must not be 0"),
+    (["--class-names", "a,,b"], "--class-names needs names in id order"),
+])
+def test_onnx_input_flag_errors_are_one_line(tmp_path, capsys, flags, message):
+    model = tmp_path / "net.onnx"
+    model.write_bytes(b"\x08\x01")  # never read: the flags fail first
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), square_image(0, 0))
+    code = main(["explain", str(model), str(image), "--task", "segment", "--out", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 FACTORIES = textwrap.dedent('''
     import torch
     from torch import nn
@@ -223,6 +265,8 @@ def test_adapter_factory_for_audit_and_bench(factories, tmp_path, capsys):
     (["--decode", "{file}:broken"], "--decode applies to detectors only: add --task detect"),
     (["--task", "segment"], "--task/--decode apply to .onnx models; mynet is not one"),
     (["--adapter", "{file}:segmenter", "--imgsz", "320"], "--imgsz applies to YOLO models only; mynet takes"),
+    (["--mean", "0.5,0.5,0.5", "--bgr"], "--mean, --bgr apply to .onnx models"),
+    (["--adapter", "{file}:segmenter", "--class-names", "a,b"], "--class-names apply to .onnx models"),
 ])
 def test_custom_model_errors_are_one_line(factories, tmp_path, capsys, flags, message):
     file, image = factories
@@ -281,8 +325,8 @@ def test_sinet_onnx_explains_a_batch_of_images_in_python():
         pytest.skip(f"{SINET} is absent")
     pytest.importorskip("onnx2torch")
     mean = tuple(np.array([102.890434, 111.25247, 126.91212]) / 255)
-    adapter = load(SINET, task="segment", bgr=True, mean=mean, std=(62.93292, 62.82138, 66.355705),
-                   class_names=["background", "person"])
+    std = tuple(np.array([62.93292, 62.82138, 66.355705]) / 255)
+    adapter = load(SINET, task="segment", bgr=True, mean=mean, std=std, class_names=["background", "person"])
     assert adapter.max_batch == 1  # the ONNX input is 1x3x320x320
     images = [coco_image("000000020992")] * 3
     ex = dsxai.explain(adapter, images, per="class")  # batch_size=4: the conversion alone dies at 2 images
@@ -323,7 +367,7 @@ def test_fastestdet_onnx_from_the_command_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "layer: Relu_259 [1, 96, 22, 22]" in out, (out, err)
-    # RGB / 255 here (FastestDet was trained on BGR: a factory sets that), and still the people of both pictures
+    # RGB / 255 here (FastestDet was trained on BGR: --bgr says so), and still the people of both pictures
     for stem, people in (("bus", 3), ("zidane", 1)):
         labels = json.loads((tmp_path / f"out/{stem}.json").read_text())["detections"]["labels"]
         assert labels.count(0) >= people, (stem, labels)
@@ -339,6 +383,11 @@ def readme_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(python|bash)\n(.*?)```", section, re.S)
 
 
+def shell_lines(block: str) -> list[str]:
+    """The commands of a bash block, continuation lines joined."""
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
 def test_readme_custom_model_example_runs_as_written(tmp_path, monkeypatch, capsys):
     blocks = readme_blocks()
     assert [kind for kind, _ in blocks] == ["python", "python", "bash", "bash"]
@@ -347,14 +396,18 @@ def test_readme_custom_model_example_runs_as_written(tmp_path, monkeypatch, caps
     (tmp_path / "my_models.py").write_text(blocks[0][1])
     exec(compile(blocks[1][1], "README-example", "exec"), {"__name__": "readme"})
     assert re.search(r"^5 boxes; \d+ masks$", capsys.readouterr().out, re.M)
-    commands = [line for line in blocks[2][1].splitlines() if line.strip()]
-    if SINET.is_file() and __import__("importlib").util.find_spec("onnx2torch"):
+    commands = shell_lines(blocks[2][1])
+    sinet = SINET.is_file() and __import__("importlib").util.find_spec("onnx2torch") is not None
+    if sinet:
         (tmp_path / "weights").mkdir()
         (tmp_path / "weights/SINet.onnx").symlink_to(SINET)
-        commands += [line for line in blocks[3][1].splitlines() if line.strip()]
+        commands += shell_lines(blocks[3][1])
     for line in commands:
         argv = shlex.split(line)
         assert argv[0] == "dsxai"
         assert main(argv[1:]) == 0, (line, capsys.readouterr().err)
     assert len(list((tmp_path / "out/custom-detector").glob("scene_det*.png"))) == 5
     assert (tmp_path / "out/custom-audit/report.html").is_file()
+    if sinet:  # --class-names reached the converted model's adapter
+        figures = json.loads((tmp_path / "out/sinet/scene.json").read_text())["figures"]
+        assert figures and {f["name"] for f in figures} == {"person"}, figures
