@@ -139,3 +139,18 @@ def test_workers_get_a_model_spec_not_a_live_model(shapes_set, tmp_path):
         bench.run_benchmark(adapter, *shapes_set, tmp_path / "o", methods=METHODS, workers=2, progress=False)
     with pytest.raises(bench.BenchError, match="workers must be a whole number >= 1"):
         _run(shapes_set, tmp_path / "o", workers=0)
+
+
+def test_workers_refuse_a_custom_model_in_flag_words(shapes_set, tmp_path, capsys):
+    pytest.importorskip("ray", reason="the model check follows the Ray check")
+    factory = tmp_path / "factory.py"
+    factory.write_text("import dsxai.adapters\n\ndef zoo(model):\n    return dsxai.adapters.resolve(model)\n")
+    onnx = tmp_path / "net.onnx"
+    onnx.write_bytes(b"\x08\x01")
+    for argv, words in ((["shapes-yolo", "--adapter", f"{factory}:zoo"], "--workers 2 cannot run --adapter"),
+                        ([str(onnx), "--task", "segment"], f"--workers 2 cannot run the ONNX model {onnx}")):
+        code = main(["bench", *argv, "--coco", str(shapes_set[0]), "--images", str(shapes_set[1]), "--workers", "2",
+                     "--out", str(tmp_path / "cli")])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "--workers 1" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "cli").exists()

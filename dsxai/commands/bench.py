@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                         max_pixels=args.max_pixels, batch_size=args.batch_size, workers=args.workers)
     _check_ray(args)
     check_model_flags(args)
+    _check_workers_model(args)
     out = Path(args.out)
     model = args.model
     if args.synthetic:
@@ -121,6 +122,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'summary.md'}")
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _check_workers_model(args: argparse.Namespace) -> None:
+    """Ray workers load the model themselves from a name or a checkpoint path; a model built by --adapter or
+    converted from .onnx in this process cannot be sent to them: one line says so, before any output."""
+    from ..bench.distributed import uses_ray
+    from .models import is_onnx
+
+    if not uses_ray(args.workers, args.ray_address):
+        return
+    custom = "--adapter" if args.adapter is not None else (f"the ONNX model {args.model}" if is_onnx(args.model)
+                                                           else None)
+    if custom is not None:
+        flag = "--ray-address" if args.ray_address else f"--workers {args.workers}"
+        raise CommandError(f"{flag} cannot run {custom}: each Ray worker loads its own copy from a registered name "
+                           "or a checkpoint path; run it with --workers 1")
 
 
 def _check_ray(args: argparse.Namespace) -> None:
