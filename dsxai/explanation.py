@@ -18,14 +18,13 @@ import torch
 from torch import Tensor
 
 from .boxes import box_masks
+from .colorbar import caption, with_colorbar
 from .detections import Detections
 from .imaging import ImageLike, load_images
-from .metrics import baseline_maps, energy_pointing_game
-from .colorbar import caption, with_colorbar
 from .labels import LARGE_BOX
-from .render import (GRID_COLUMNS, hidden_labels, render_detections, render_grid, render_masks, render_panels,
+from .metrics import baseline_maps, energy_pointing_game
+from .render import (hidden_labels, render_detections, render_grid, render_masks, render_panels, shrunk_size,
                      write_png)
-from .render import grid as tile
 from .runs import derived_clash, inside, read_json, safe_name, write_atomic, write_manifest
 
 __all__ = ["Explanation", "map_figures", "check_stem", "write_index", "jsonable"]
@@ -172,12 +171,15 @@ class Explanation:
         hidden = hidden_labels(dets) if style != "grid" else 0
         if hidden:
             detail += f" | {hidden} label(s) hidden: no room (see the figures)"
-        return self._with_bar(picture, index, colormap, detail)
+        size = shrunk_size(image.shape[:2]) if style == "grid" else None  # the grid's text is sized for a panel
+        return self._with_bar(picture, index, colormap, detail, size)
 
-    def _with_bar(self, picture: np.ndarray, index: int, colormap: str, detail: str) -> np.ndarray:
-        """``picture`` with the colour bar strip: the colormap, the method and layers, and ``detail``."""
+    def _with_bar(self, picture: np.ndarray, index: int, colormap: str, detail: str,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+        """``picture`` with the colour bar strip: the colormap, the method and layers, and ``detail``; its text
+        sized for ``size`` (default: the image's)."""
         title = caption(self.settings.get("method"), self.settings.get("layers"), detail)
-        return with_colorbar(picture, colormap, title, self._image(index).shape[:2])
+        return with_colorbar(picture, colormap, title, size or self._image(index).shape[:2])
 
     def panels(self, index: int = 0, colormap: str = "jet", alpha: float = 0.5,
                colorbar: bool = True) -> list[np.ndarray]:
@@ -263,18 +265,13 @@ class Explanation:
 
     def _save_pictures(self, directory: Path, index: int, stem: str, colormap: str, alpha: float,
                        colorbar: bool, grid: bool) -> list[Path]:
-        """The fused picture, the grid beside it (the evidence outside each box) and one per detection.
-
-        The panels are drawn once and serve both the grid and the per-detection files.
-        """
+        """The fused picture, the grid beside it (the evidence outside each box) and one per detection."""
         written = [write_png(directory / f"{stem}.png", self.render(index, "fused", colormap, alpha,
                                                                      colorbar=colorbar))]
         panels = self.panels(index, colormap, alpha, colorbar=False)
         if grid and panels:
-            picture = tile(panels, columns=GRID_COLUMNS)
-            if colorbar:
-                picture = self._with_bar(picture, index, colormap, _GRID_DETAIL)
-            written.append(write_png(directory / f"{stem}_grid.png", picture))
+            written.append(write_png(directory / f"{stem}_grid.png",
+                                     self.render(index, "grid", colormap, alpha, colorbar=colorbar)))
         for k, panel in enumerate(panels):
             if colorbar:
                 panel = self._with_bar(panel, index, colormap, f"detection {k}")

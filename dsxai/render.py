@@ -27,7 +27,8 @@ __all__ = [
     "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
     "MIN_TEXT_PX", "text_style", "label_rect", "draw_label", "box_share", "label_spots", "hidden_labels",
     "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels", "render_grid",
-    "GRID_COLUMNS", "compare_methods", "PANEL_PX", "enlarge", "banner", "titled", "grid", "write_png",
+    "GRID_COLUMNS", "GRID_PANEL_PX", "compare_methods", "PANEL_PX", "enlarge", "shrink", "shrunk_size", "rescale", "banner",
+    "titled", "grid", "write_png",
 ]
 
 #: colormaps OpenCV has built in; any other name is looked up in matplotlib
@@ -324,12 +325,16 @@ def render_panels(image: np.ndarray, detections: Detections, maps: Tensor, alpha
 
 #: panels per row in a grid of detections (``style="grid"``, ``<stem>_grid.png``)
 GRID_COLUMNS = 4
+#: the longest side of a grid panel (the per-detection pictures keep the image's size)
+GRID_PANEL_PX = 640
 
 
 def render_grid(image: np.ndarray, detections: Detections, maps: Tensor, alpha: float = 0.5, colormap: str = "jet",
                 columns: int = GRID_COLUMNS) -> np.ndarray:
-    """A grid with one panel per detection (see :func:`render_panels`); the banner when there are none."""
-    panels = render_panels(image, detections, maps, alpha, colormap)
+    """A grid with one panel per detection (see :func:`render_panels`), each drawn at most
+    :data:`GRID_PANEL_PX` on its longer side (:func:`shrink`); the banner when there are none."""
+    _check_maps(detections, maps, _check_image(image))
+    panels = render_panels(*shrink(image, detections, maps), alpha, colormap)
     return grid(panels, columns=columns) if panels else banner(image, "no detections")
 
 
@@ -354,13 +359,40 @@ def enlarge(image: np.ndarray, detections: Detections, maps: Tensor,
     Unchanged when the image is already that large. Why: a 256 px panel's labels are unreadable,
     and drawing at the larger size keeps text sharp (scaling a finished picture blurs it).
     """
+    short = min(_check_image(image).shape[:2])
+    return rescale(image, detections, maps, min_side / short) if min_side > short else (image, detections, maps)
+
+
+def shrink(image: np.ndarray, detections: Detections, maps: Tensor, max_side: int = GRID_PANEL_PX,
+           min_side: int = PANEL_PX) -> tuple[np.ndarray, Detections, Tensor]:
+    """The image, its detections and maps scaled down together until the longer side is ``max_side`` px,
+    never below ``min_side`` on the short side; unchanged when already that small.
+
+    Why: a grid of tens of full-size panels of a large photo runs to hundreds of megapixels, and drawing
+    at the smaller size keeps its labels readable (shrinking a finished picture shrinks them too).
+    """
     h, w = _check_image(image).shape[:2]
-    factor = min_side / min(h, w)
-    if factor <= 1:
-        return image, detections, maps
-    size = (int(round(h * factor)), int(round(w * factor)))
-    big = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    maps = (torch.nn.functional.interpolate(maps[None].float(), size, mode="bilinear", align_corners=False)[0]
+    factor = max(max_side / max(h, w), min_side / min(h, w))
+    return rescale(image, detections, maps, factor) if factor < 1 else (image, detections, maps)
+
+
+def shrunk_size(size: tuple[int, int], max_side: int = GRID_PANEL_PX, min_side: int = PANEL_PX) -> tuple[int, int]:
+    """The ``(h, w)`` :func:`shrink` gives an image of ``size``."""
+    h, w = size
+    factor = max(max_side / max(h, w), min_side / min(h, w))
+    return (max(1, int(round(h * factor))), max(1, int(round(w * factor)))) if factor < 1 else (h, w)
+
+
+def rescale(image: np.ndarray, detections: Detections, maps: Tensor,
+            factor: float) -> tuple[np.ndarray, Detections, Tensor]:
+    """The image (linear, or area when shrinking), maps (bilinear, antialiased when shrinking), masks
+    (nearest) and boxes scaled by ``factor`` together."""
+    h, w = _check_image(image).shape[:2]
+    size = (max(1, int(round(h * factor))), max(1, int(round(w * factor))))
+    down = factor < 1
+    big = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+    maps = (torch.nn.functional.interpolate(maps[None].float(), size, mode="bilinear", align_corners=False,
+                                            antialias=down)[0]
             if len(maps) else maps.new_zeros(0, *size))
     masks = detections.masks
     if masks is not None:

@@ -190,6 +190,34 @@ def test_panels_grid_and_method_comparison():
         render_detections(img, dets, maps[:2])
 
 
+def test_grid_panels_of_a_large_image_are_drawn_small_and_its_detection_pictures_stay_full_size(tmp_path):
+    from dsxai.explanation import Explanation
+    from dsxai.render import GRID_PANEL_PX, PANEL_PX, shrink, shrunk_size
+
+    img = _image(1200, 1800)
+    size = img.shape[:2]
+    dets = _dets([[300, 300, 600, 900], [900, 150, 1500, 1050], [1650, 1050, 1790, 1190]], size, [0, 1, 2])
+    maps = torch.stack([_blob(size, 450, 600, 60), _blob(size, 1200, 600, 90), _blob(size, 1720, 1120, 20)])
+    g = render_grid(img, dets, maps, columns=2)
+    panel = (400, 600)  # the 1200 x 1800 image at 600 / 1800, 640 px longer side rounded to whole pixels
+    assert shrunk_size(size, max_side=600) == panel and shrunk_size(size) == (427, GRID_PANEL_PX)
+    assert g.shape == (2 * (427 + 4) + 4, 2 * (GRID_PANEL_PX + 4) + 4, 3)
+    small = render_panels(*shrink(img, dets, maps))
+    assert np.array_equal(g[4:4 + 427, 4:4 + GRID_PANEL_PX], small[0])
+    # the boxes and the maps were scaled with the image: detection 1's peak sits at its blob's scaled centre
+    _, scaled, scaled_maps = shrink(img, dets, maps)
+    factors = torch.tensor([GRID_PANEL_PX / 1800, 427 / 1200] * 2)  # each axis by its own rounded size
+    assert torch.allclose(scaled.boxes[1], dets.boxes[1] * factors, rtol=1e-6)
+    peak = divmod(int(scaled_maps[1].argmax()), GRID_PANEL_PX)
+    assert abs(peak[0] - 600 * 427 / 1200) <= 1 and abs(peak[1] - 1200 * GRID_PANEL_PX / 1800) <= 1
+    # a panorama keeps a readable short side; a small image is left as it is
+    assert shrunk_size((500, 4000)) == (PANEL_PX, 2560) and shrunk_size((120, 160)) == (120, 160)
+    ex = Explanation([dets], [maps], [img], {"method": "layercam", "layers": ["model.22"]})
+    ex.save(tmp_path, stems=["big"])
+    assert cv2.imread(str(tmp_path / "big_det1.png")).shape[1] == 1800  # each detection's picture: full size
+    assert cv2.imread(str(tmp_path / "big_grid.png")).shape[1] == 3 * (GRID_PANEL_PX + 4) + 4  # one row of three
+
+
 def test_write_png_is_atomic_and_round_trips(tmp_path, monkeypatch):
     img = _image()
     path = write_png(tmp_path / "sub" / "a.png", img)
