@@ -54,37 +54,26 @@ def paired(values: list[float], prior: list[float]) -> dict:
     return {"mean": float(diff.mean()), "ci95": bootstrap_ci(diff.tolist()), "wins": float((diff > 0).mean())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="layercam-level+window", help="comma-separated method names")
-    parser.add_argument("--limit", type=int, default=None, help="the first N images with persons")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--oracle", action="store_true",
-                        help="also score the true COCO mask as a map: what a perfect localizer gets on the curves")
-    args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    adapter = load_bench_adapter(D / "weights/yolov8s_fall_ultralytics/best.pt")
-    records = collect(args.limit, adapter)
-    classes = sorted({int(c) for rec in records for c in rec["matched"].labels})
-    predict = partial(adapter.predict, conf=FAITHFULNESS_CONF)
-    rows = {name: {k: [] for k in KEYS} for name in [*methods, *([ORACLE] if args.oracle else []), PRIOR]}
-    t0 = time.perf_counter()
-    for rec in records:
-        kinds = {m: method_maps(adapter, rec, m, classes) for m in methods}
-        prior = baseline_maps(PRIOR, rec["boxes"], rec["geometry"].original_size)
-        if args.oracle:  # 1e-6 orders the pixels outside the mask as the prior does, below every mask pixel
-            kinds[ORACLE] = rec["gt_masks"].float() + 1e-6 * prior
-        kinds[PRIOR] = prior
-        curves = deletion_insertion_batch(predict, load_image(rec["image"]), rec["matched"], list(kinds.values()),
-                                          args.steps, batch_size=1)
-        for (name, maps), faith in zip(kinds.items(), curves):
-            for score in score_maps(maps, rec["gt_boxes"], rec["gt_masks"], 15.0, 0.5):
-                rows[name]["pointing_game_mask"].append(score["pointing_game_mask"])
-                rows[name]["energy_mask"].append(score["energy_mask"])
-            rows[name]["insertion_auc"] += faith.insertion_auc.tolist()
-            rows[name]["deletion_auc"] += faith.deletion_auc.tolist()
+def score_into(rows: dict[str, dict[str, list[float]]], predict, rec: dict, kinds: dict[str, torch.Tensor],
+               steps: int) -> None:
+    """Append each map kind's per-pair pointing game and energy in the COCO mask and its deletion / insertion
+    AUC (one batched set of curves for every kind, blur baseline) to ``rows[kind]``."""
+    curves = deletion_insertion_batch(predict, load_image(rec["image"]), rec["matched"], list(kinds.values()),
+                                      steps, batch_size=1)
+    for (name, maps), faith in zip(kinds.items(), curves):
+        row = rows.setdefault(name, {k: [] for k in KEYS})
+        for score in score_maps(maps, rec["gt_boxes"], rec["gt_masks"], 15.0, 0.5):
+            row["pointing_game_mask"].append(score["pointing_game_mask"])
+            row["energy_mask"].append(score["energy_mask"])
+        row["insertion_auc"] += faith.insertion_auc.tolist()
+        row["deletion_auc"] += faith.deletion_auc.tolist()
+
+
+def report(rows: dict[str, dict[str, list[float]]], images: int, steps: int, seconds: float) -> dict:
+    """Print the table (means, 95% bootstrap CIs, insertion paired with the box prior) and return the summary
+    of every map, per-pair values included; ``rows``: map name -> metric -> per-pair values, the prior among them."""
     n = len(rows[PRIOR]["insertion_auc"])
-    print(f"{n} pairs in {len(records)} images, K = {args.steps}, {time.perf_counter() - t0:.0f} s")
+    print(f"{n} pairs in {images} images, K = {steps}, {seconds:.0f} s")
     print("| map | pointing (mask) | energy (mask) [95% CI] | insertion AUC [95% CI] | insertion - prior, paired "
           "[95% CI] (pairs above) | deletion AUC [95% CI] |\n|---|---|---|---|---|---|")
     summary = {}
@@ -99,11 +88,44 @@ def main(argv: list[str] | None = None) -> int:
         diff = "" if d is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({d['wins']:.0%})"
         print(f"| {name} | {entry['pointing_game_mask']['mean']:.3f} | {cell('energy_mask')} | "
               f"{cell('insertion_auc')} | {diff} | {cell('deletion_auc')} |")
-    tags = ("" if args.limit is None else f"-limit{args.limit}") + ("" if args.steps == 20 else f"-k{args.steps}")
-    out = Path(__file__).parent / "results" / f"person_window{tags}.json"
-    write_atomic(out, json.dumps({"pairs": n, "images": len(records), "steps": args.steps, "limit": args.limit,
-                                  "methods": methods, "maps": summary}, indent=1) + "\n")
+    return summary
+
+
+def write_summary(stem: str, limit: int | None, steps: int, data: dict) -> Path:
+    """``benchmarks/results/<stem>[-limitN][-kK].json`` (K only when not 20), written atomically."""
+    tags = ("" if limit is None else f"-limit{limit}") + ("" if steps == 20 else f"-k{steps}")
+    out = Path(__file__).parent / "results" / f"{stem}{tags}.json"
+    write_atomic(out, json.dumps(data, indent=1) + "\n")
     print(f"wrote {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="layercam-level+window", help="comma-separated method names")
+    parser.add_argument("--limit", type=int, default=None, help="the first N images with persons")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--oracle", action="store_true",
+                        help="also score the true COCO mask as a map: what a perfect localizer gets on the curves")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    adapter = load_bench_adapter(D / "weights/yolov8s_fall_ultralytics/best.pt")
+    records = collect(args.limit, adapter)
+    classes = sorted({int(c) for rec in records for c in rec["matched"].labels})
+    predict = partial(adapter.predict, conf=FAITHFULNESS_CONF)
+    rows: dict[str, dict[str, list[float]]] = {}
+    t0 = time.perf_counter()
+    for rec in records:
+        kinds = {m: method_maps(adapter, rec, m, classes) for m in methods}
+        prior = baseline_maps(PRIOR, rec["boxes"], rec["geometry"].original_size)
+        if args.oracle:  # 1e-6 orders the pixels outside the mask as the prior does, below every mask pixel
+            kinds[ORACLE] = rec["gt_masks"].float() + 1e-6 * prior
+        kinds[PRIOR] = prior
+        score_into(rows, predict, rec, kinds, args.steps)
+    summary = report(rows, len(records), args.steps, time.perf_counter() - t0)
+    write_summary("person_window", args.limit, args.steps,
+                  {"pairs": len(rows[PRIOR]["insertion_auc"]), "images": len(records), "steps": args.steps,
+                   "limit": args.limit, "methods": methods, "maps": summary})
     return 0
 
 
