@@ -29,7 +29,7 @@ from dsxai.bench.faithfulness import FAITHFULNESS_CONF
 from dsxai.bench.score import bootstrap_ci, score_maps
 from dsxai.boxes import box_iou
 from dsxai.imaging import load_image
-from dsxai.metrics import baseline_maps, deletion_insertion_batch
+from dsxai.metrics import SPANS, baseline_maps, deletion_insertion_batch
 from dsxai.pipeline import explain_maps
 from dsxai.runs import write_atomic
 from person_fusion_variants import D, collect
@@ -55,11 +55,11 @@ def paired(values: list[float], prior: list[float]) -> dict:
 
 
 def score_into(rows: dict[str, dict[str, list[float]]], predict, rec: dict, kinds: dict[str, torch.Tensor],
-               steps: int) -> None:
+               steps: int, span: str = "image") -> None:
     """Append each map kind's per-pair pointing game and energy in the COCO mask and its deletion / insertion
-    AUC (one batched set of curves for every kind, blur baseline) to ``rows[kind]``."""
+    AUC (one batched set of curves for every kind, blur baseline, fractions of ``span``) to ``rows[kind]``."""
     curves = deletion_insertion_batch(predict, load_image(rec["image"]), rec["matched"], list(kinds.values()),
-                                      steps, batch_size=1)
+                                      steps, batch_size=1, span=span)
     for (name, maps), faith in zip(kinds.items(), curves):
         row = rows.setdefault(name, {k: [] for k in KEYS})
         for score in score_maps(maps, rec["gt_boxes"], rec["gt_masks"], 15.0, 0.5):
@@ -91,9 +91,10 @@ def report(rows: dict[str, dict[str, list[float]]], images: int, steps: int, sec
     return summary
 
 
-def write_summary(stem: str, limit: int | None, steps: int, data: dict) -> Path:
-    """``benchmarks/results/<stem>[-limitN][-kK].json`` (K only when not 20), written atomically."""
-    tags = ("" if limit is None else f"-limit{limit}") + ("" if steps == 20 else f"-k{steps}")
+def write_summary(stem: str, limit: int | None, steps: int, data: dict, span: str = "image") -> Path:
+    """``benchmarks/results/<stem>[-limitN][-kK][-box].json`` (K only when not 20), written atomically."""
+    tags = (("" if limit is None else f"-limit{limit}") + ("" if steps == 20 else f"-k{steps}")
+            + ("" if span == "image" else f"-{span}"))
     out = Path(__file__).parent / "results" / f"{stem}{tags}.json"
     write_atomic(out, json.dumps(data, indent=1) + "\n")
     print(f"wrote {out}")
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="layercam-level+window", help="comma-separated method names")
     parser.add_argument("--limit", type=int, default=None, help="the first N images with persons")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--span", default="image", choices=SPANS,
+                        help="the curves' fraction axis: of the image (the D-RISE protocol) or of each box")
     parser.add_argument("--oracle", action="store_true",
                         help="also score the true COCO mask as a map: what a perfect localizer gets on the curves")
     args = parser.parse_args(argv)
@@ -121,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.oracle:  # 1e-6 orders the pixels outside the mask as the prior does, below every mask pixel
             kinds[ORACLE] = rec["gt_masks"].float() + 1e-6 * prior
         kinds[PRIOR] = prior
-        score_into(rows, predict, rec, kinds, args.steps)
+        score_into(rows, predict, rec, kinds, args.steps, args.span)
     summary = report(rows, len(records), args.steps, time.perf_counter() - t0)
     write_summary("person_window", args.limit, args.steps,
                   {"pairs": len(rows[PRIOR]["insertion_auc"]), "images": len(records), "steps": args.steps,
-                   "limit": args.limit, "methods": methods, "maps": summary})
+                   "span": args.span, "limit": args.limit, "methods": methods, "maps": summary}, args.span)
     return 0
 
 

@@ -62,6 +62,8 @@ __all__ = [
     "deletion_insertion",
     "deletion_insertion_batch",
     "faithfulness_forwards",
+    "SPANS",
+    "box_areas",
     "IOU_THRESHOLDS",
 ]
 
@@ -307,13 +309,18 @@ def blurred(image: Tensor, sigma: float | None = None) -> Tensor:
     return gaussian_blur(image[None], [k, k], [sigma, sigma])[0]
 
 
-def faithfulness_forwards(targets: int, kinds: int, steps: int) -> int:
+#: what the fraction axis of the deletion / insertion curves counts (see :func:`deletion_insertion`)
+SPANS: tuple[str, ...] = ("image", "box")
+
+
+def faithfulness_forwards(targets: int, kinds: int, steps: int, span: str = "image") -> int:
     """Perturbed forwards of one image for ``targets`` detections and ``kinds`` maps of each:
     ``2 + 2 * kinds * targets * (steps - 1)`` (the original and the fully-deleted image are shared by every
-    curve), 0 when there is nothing to test. Why here: the one formula the run's plan and its counter share."""
+    curve; with ``span="box"`` each curve's last step is its own: ``steps`` instead of ``steps - 1``), 0 when
+    there is nothing to test. Why here: the one formula the run's plan and its counter share."""
     if targets <= 0 or kinds <= 0:
         return 0
-    return 2 + 2 * kinds * targets * (steps - 1)
+    return 2 + 2 * kinds * targets * (steps - (span != "box"))
 
 
 def _match_score(found: Detections, box: Tensor, label: int) -> float:
@@ -324,7 +331,7 @@ def _match_score(found: Detections, box: Tensor, label: int) -> float:
 
 
 def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: Tensor, steps: int = 20,
-                       baseline: str = "blur", batch_size: int = 8, conf: float = 0.01,
+                       baseline: str = "blur", batch_size: int = 8, conf: float = 0.01, span: str = "image",
                        **predict_options: Any) -> Faithfulness:
     """Deletion and insertion curves (D-RISE protocol) of each detection of one image.
 
@@ -342,15 +349,20 @@ def deletion_insertion(adapter: Any, image: Any, detections: Detections, maps: T
     image; ``steps``: K; ``baseline``: ``"blur"`` (Gaussian, sigma 5 % of the longer side; the default) or
     ``"mean"`` (the image's per-channel mean colour); ``batch_size``: images per ``predict`` call; ``conf``
     (low, so that weakened detections are still seen) and ``predict_options`` (e.g. ``iou``) go to ``predict``.
+    ``span``: ``"image"`` (the D-RISE protocol above) or ``"box"``: step ``k`` moves the top
+    ``round(k / K * A)`` pixels, ``A`` the detection's box area (at most ``H * W``), so the curve ends at one
+    box's worth of pixels instead of the whole image. Why: on a small object the image span moves the whole
+    object in the first step, and only the order of the background is left to compare.
     """
     predict = partial(adapter.predict, conf=conf, **predict_options)
-    return deletion_insertion_batch(predict, image, detections, [maps], steps, baseline, batch_size)[0]
+    return deletion_insertion_batch(predict, image, detections, [maps], steps, baseline, batch_size, span=span)[0]
 
 
 def deletion_insertion_batch(predict: Callable[[list[np.ndarray]], Sequence[Detections]], image: Any,
                              detections: Detections, maps: Sequence[Tensor], steps: int = 20,
                              baseline: str = "blur", batch_size: int = 8,
-                             on_forward: Callable[[int], None] | None = None) -> list[Faithfulness]:
+                             on_forward: Callable[[int], None] | None = None,
+                             span: str = "image") -> list[Faithfulness]:
     """:func:`deletion_insertion` of ``M`` map kinds (``maps``: M tensors ``[T, H, W]``) of the same detections,
     one :class:`Faithfulness` per kind, in :func:`faithfulness_forwards` images.
 
@@ -367,13 +379,16 @@ def deletion_insertion_batch(predict: Callable[[list[np.ndarray]], Sequence[Dete
         raise ValueError(f"unknown baseline {baseline!r}; use 'blur' or 'mean'")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if span not in SPANS:
+        raise ValueError(f"unknown span {span!r}; use 'image' (fractions of the image) or 'box' (of each box)")
     rgb = load_image(image)
     kinds = [_check_faith_maps(m, detections, rgb.shape[:2]) for m in maps]
     t_count = len(detections)
     if not kinds or t_count == 0:
         return [Faithfulness(m.new_zeros(0, steps + 1), m.new_zeros(0, steps + 1), m.new_zeros(0), m.new_zeros(0))
                 for m in kinds]
-    plan = _Perturbations(rgb, kinds, steps, baseline)
+    areas = None if span == "image" else box_areas(detections.boxes, rgb.shape[:2])
+    plan = _Perturbations(rgb, kinds, steps, baseline, areas)
     scores = torch.zeros(plan.count, t_count)  # per image: its score against each detection it tests
     for start in range(0, plan.count, batch_size):
         index = range(start, min(start + batch_size, plan.count))
@@ -399,12 +414,23 @@ def _check_faith_maps(maps: Tensor, detections: Detections, size: tuple[int, int
     return maps
 
 
+def box_areas(boxes: Tensor, size: tuple[int, int]) -> list[int]:
+    """Pixels of each box clipped to an image of ``size`` (at least 1): the ``span="box"`` curves' length."""
+    h, w = size
+    b = boxes.detach().float().cpu().reshape(-1, 4)
+    wide = (b[:, 2].clamp(0, w) - b[:, 0].clamp(0, w)).clamp_min(0)
+    tall = (b[:, 3].clamp(0, h) - b[:, 1].clamp(0, h)).clamp_min(0)
+    return [max(1, int(round(a))) for a in (wide * tall).tolist()]
+
+
 class _Perturbations:
     """The perturbed images of one image, built on demand in step-major order: 0 the original, 1 the fully
-    deleted (baseline) image, then for each inner step ``k = 1..K-1``, deletion then insertion, every curve
-    ``j = kind * T + detection``. Why lazy: only a chunk of images is ever held."""
+    deleted (baseline) image, then for each inner step ``k = 1..K-1`` (``1..K`` when ``areas`` gives each
+    detection's span), deletion then insertion, every curve ``j = kind * T + detection``. Why lazy: only a
+    chunk of images is ever held."""
 
-    def __init__(self, rgb: np.ndarray, kinds: list[Tensor], steps: int, baseline: str) -> None:
+    def __init__(self, rgb: np.ndarray, kinds: list[Tensor], steps: int, baseline: str,
+                 areas: list[int] | None = None) -> None:
         device = kinds[0].device
         self.rgb, self.steps, self.t_count, self.size = rgb, steps, kinds[0].shape[0], rgb.shape[:2]
         self.curves = len(kinds) * self.t_count
@@ -418,8 +444,12 @@ class _Perturbations:
             rank = torch.arange(h * w, dtype=torch.int32, device=device).expand_as(order)
             ranks.append(torch.empty(order.shape, dtype=torch.int32, device=device).scatter_(1, order, rank))
         self.rank = torch.cat(ranks)  # [curves, H * W]
-        self.counts = [int(round(k / steps * h * w)) for k in range(1, steps)]
-        self.count = faithfulness_forwards(self.t_count, len(kinds), steps)
+        spans = [h * w] * self.t_count if areas is None else [min(a, h * w) for a in areas]
+        self.inner = steps - 1 if areas is None else steps
+        #: per curve and inner step, how many of the top pixels move
+        self.counts = [[int(round(k / steps * spans[j % self.t_count])) for k in range(1, self.inner + 1)]
+                       for j in range(self.curves)]
+        self.count = faithfulness_forwards(self.t_count, len(kinds), steps, "image" if areas is None else "box")
 
     def locate(self, i: int) -> tuple[int, int, int]:
         """``(inner step 0..K-2, mode 0 deletion / 1 insertion, curve)`` of image ``i >= 2``."""
@@ -436,7 +466,7 @@ class _Perturbations:
         if i < 2:
             return self.rgb if i == 0 else self._bytes(self.base)
         step, mode, curve = self.locate(i)
-        top = (self.rank[curve] < self.counts[step]).view(1, *self.size)
+        top = (self.rank[curve] < self.counts[curve][step]).view(1, *self.size)
         removed, kept = (self.base, self.original) if mode == 0 else (self.original, self.base)
         return self._bytes(torch.where(top, removed, kept))
 
@@ -447,13 +477,13 @@ class _Perturbations:
 
 def _kind_curves(plan: _Perturbations, scores: Tensor, kind: int, device: torch.device) -> Faithfulness:
     """Deletion and insertion curves ``[T, K+1]`` of one map kind from the scores of every perturbed image."""
-    t_count, steps = plan.t_count, plan.steps
+    t_count, steps, inner = plan.t_count, plan.steps, plan.inner
     full, none = scores[0], scores[1]
     deletion, insertion = torch.zeros(t_count, steps + 1), torch.zeros(t_count, steps + 1)
     deletion[:, 0], deletion[:, steps], insertion[:, 0], insertion[:, steps] = full, none, none, full
     for t in range(t_count):
-        first = 2 + torch.arange(steps - 1) * 2 * plan.curves + kind * t_count + t  # deletion images of the curve
-        deletion[t, 1:steps], insertion[t, 1:steps] = scores[first, t], scores[first + plan.curves, t]
+        first = 2 + torch.arange(inner) * 2 * plan.curves + kind * t_count + t  # deletion images of the curve
+        deletion[t, 1:inner + 1], insertion[t, 1:inner + 1] = scores[first, t], scores[first + plan.curves, t]
     deletion, insertion = deletion.to(device), insertion.to(device)
     return Faithfulness(deletion, insertion, auc(deletion), auc(insertion))
 

@@ -94,6 +94,30 @@ def test_the_protocol_count():
     assert M.faithfulness_forwards(2, 5, 20) == 2 + 2 * 5 * 2 * 19
 
 
+def test_box_span_moves_one_box_of_pixels_in_k_steps_known_answer():
+    image, dets, good = toy_scene()  # the box holds 16 of the 64 pixels: step k of 4 moves the top 4 k
+    maps = torch.stack([good, 1 - good])  # the object first (raster order inside it) / the background first
+    toy = ToyDetector()
+    res = M.deletion_insertion(toy, image, dets, maps, steps=4, baseline="mean", batch_size=4, span="box")
+    assert res.deletion[0].tolist() == [1, 0.75, 0.5, 0.25, 0] and res.insertion[0].tolist() == [0, 0.25, 0.5, 0.75, 1]
+    # the background first never reaches the object within one box of pixels: the last step is the curve's own
+    assert res.deletion[1].tolist() == [1, 1, 1, 1, 1] and res.insertion[1].tolist() == [0, 0, 0, 0, 0]
+    assert res.deletion_auc.tolist() == pytest.approx([0.5, 1.0]) and res.insertion_auc.tolist() == pytest.approx(
+        [0.5, 0.0])
+    assert sum(toy.calls) == M.faithfulness_forwards(2, 1, 4, "box") == 2 + 2 * 2 * 4
+    assert M.box_areas(torch.tensor([[-5.0, -5.0, 4.0, 4.0], [0.0, 0.0, 100.0, 100.0], [3.0, 3.0, 3.0, 3.0]]),
+                       (8, 8)) == [16, 64, 1]  # clipped to the image; an empty box still moves one pixel
+    with pytest.raises(ValueError, match="unknown span 'mask'; use 'image'"):
+        M.deletion_insertion(toy, image, dets, maps, steps=4, span="mask")
+    # batched over kinds, the box span gives each kind's own numbers too
+    kinds = [maps, torch.stack([1 - good, torch.rand(8, 8, generator=torch.Generator().manual_seed(0))])]
+    batched = M.deletion_insertion_batch(ToyDetector().predict, image, dets, kinds, steps=4, baseline="mean",
+                                         batch_size=3, span="box")
+    for kind, got in zip(kinds, batched):
+        one = M.deletion_insertion(ToyDetector(), image, dets, kind, steps=4, baseline="mean", span="box")
+        assert torch.equal(got.deletion, one.deletion) and torch.equal(got.insertion, one.insertion)
+
+
 def test_batched_kinds_equal_single_kinds_on_a_toy_detector():
     image, dets, good = toy_scene()
     kinds = [torch.stack([good, 1 - good]), torch.stack([1 - good, torch.rand(8, 8)])]
