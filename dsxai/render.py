@@ -27,8 +27,8 @@ __all__ = [
     "COLORMAPS", "colormap_table", "colorize", "overlay", "per_box_heat", "per_mask_heat", "class_color",
     "MIN_TEXT_PX", "text_style", "label_rect", "draw_label", "box_share", "label_spots", "hidden_labels",
     "draw_detections", "draw_mask_contours", "render_detections", "render_masks", "render_panels", "render_grid",
-    "GRID_COLUMNS", "GRID_PANEL_PX", "compare_methods", "PANEL_PX", "enlarge", "shrink", "shrunk_size", "rescale", "banner",
-    "titled", "grid", "write_png",
+    "GRID_COLUMNS", "GRID_PANEL_PX", "compare_methods", "PANEL_PX", "enlarge", "shrink", "shrunk_size", "rescale",
+    "banner", "titled", "grid", "write_png",
 ]
 
 #: colormaps OpenCV has built in; any other name is looked up in matplotlib

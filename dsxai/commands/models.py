@@ -29,7 +29,8 @@ DECODE_HELP = ("for --task detect: decode(output[, batch]) -> per image boxes [N
 
 MEAN_HELP = ("for an .onnx MODEL: the per-channel mean its input expects, subtracted after dividing the pixels "
              "by 255, in the network's channel order (ImageNet: 0.485,0.456,0.406; default 0,0,0)")
-STD_HELP = "for an .onnx MODEL: the per-channel std its input is divided by (ImageNet: 0.229,0.224,0.225; default 1,1,1)"
+STD_HELP = ("for an .onnx MODEL: the per-channel std its input is divided by (ImageNet: 0.229,0.224,0.225; "
+            "default 1,1,1)")
 BGR_HELP = "for an .onnx MODEL: feed the channels in BGR order (OpenCV-trained exports); default RGB"
 NAMES_HELP = ("for an .onnx MODEL: its class names in id order, comma-separated or a text file with one name per "
               "line (default: the ids)")
@@ -104,11 +105,12 @@ def is_onnx(model: Any) -> bool:
     return isinstance(model, str) and model.lower().endswith(".onnx")
 
 
-def check_model_flags(args: argparse.Namespace) -> None:
-    """The custom-model flags fit together and fit MODEL; otherwise one line says which flag to add or drop."""
+def check_model_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The custom-model flags fit together and fit MODEL (otherwise one line says which flag to add or drop);
+    returns the ONNX input options (:func:`onnx_input_options`)."""
     adapter, task, decode = getattr(args, "adapter", None), getattr(args, "task", None), getattr(args, "decode", None)
     model = getattr(args, "model", None)
-    onnx_input_options(args)
+    options = onnx_input_options(args)
     if decode is not None and task != "detect":
         raise CommandError("--decode applies to detectors only: add --task detect")
     if adapter is not None:
@@ -116,7 +118,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
             raise CommandError("--adapter needs MODEL: it is passed to your factory as factory(MODEL)")
         if task is not None or getattr(args, "arch", None):
             raise CommandError("--adapter builds the whole adapter: drop --task/--decode/--arch")
-        return
+        return options
     if task is not None and not is_onnx(model):
         raise CommandError(f"--task/--decode apply to .onnx models; {model} is not one (for other models use "
                            "--adapter module:function)")
@@ -126,6 +128,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
     if task == "detect" and decode is None:
         raise CommandError("--task detect needs --decode module:function (your decode of the raw output into "
                            "boxes, scores and labels)")
+    return options
 
 
 def custom_adapter(args: argparse.Namespace) -> "Adapter | None":
@@ -133,9 +136,8 @@ def custom_adapter(args: argparse.Namespace) -> "Adapter | None":
     from ..adapters import resolve
     from ..adapters.factory import adapter_from_factory
 
-    check_model_flags(args)
+    options = check_model_flags(args)
     device = getattr(args, "device", None)
-    options = onnx_input_options(args)
     if getattr(args, "adapter", None) is not None:
         return resolve(adapter_from_factory(args.adapter, args.model), device=device)
     if is_onnx(getattr(args, "model", None)):
