@@ -199,6 +199,22 @@ def _journal(out):
     return lines[1:]
 
 
+def test_the_benchmark_runs_the_box_span_and_records_it(shapes_set, adapter, tmp_path, capsys):
+    options = dict(methods=["layercam"], steps=3, gallery=0, progress=False, batch_size=4, limit=1,
+                   faithfulness=True)
+    box = bench.run_benchmark(adapter, *shapes_set, tmp_path / "box", span="box", **options)
+    image = bench.run_benchmark(adapter, *shapes_set, tmp_path / "image", **options)
+    assert box["config"]["span"] == "box" and "span" not in image["config"]  # image-span runs resume as before
+    pairs = box["counts"]["matched"]
+    assert box["faithfulness_cost"]["forwards_run"] == M.faithfulness_forwards(pairs, 1 + len(M.BASELINES), 3, "box")
+    # the same maps, other curves: the box span moves a box of pixels, not the image
+    assert box["methods"]["layercam"]["insertion_auc"]["mean"] != image["methods"]["layercam"]["insertion_auc"]["mean"]
+    assert "box span" in (tmp_path / "box" / "report.html").read_text()
+    with pytest.raises(bench.BenchError, match="unknown span 'mask'"):
+        bench.run_benchmark(adapter, *shapes_set, tmp_path / "bad", span="mask", **options)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_faithfulness_is_off_unless_asked(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["bench", "--synthetic", "--scenes", "1", "--methods", "layercam", "--out", str(out), "--limit",

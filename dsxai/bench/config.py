@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from ..metrics import SPANS
 from ..runs import check_output_folder
 from ..validation import check_conf, check_imgsz, check_max_pixels, check_non_negative, check_positive_int, \
     check_steps
@@ -88,8 +89,10 @@ class BenchConfig:
     class_map: ``{model_class_name_or_id: coco_category_name}`` or a JSON file of it (read here). seed: torch
     and the bootstrap. resume: skip images finished in ``out/journal.jsonl`` (same settings required).
     faithfulness: deletion / insertion AUCs, off unless asked (``2 + 2 M T (K - 1)`` forwards per image; see
-    :mod:`dsxai.bench.faithfulness`). steps: K of those curves. batch_size: perturbed images per forward (None: measured on the first
-    image, :func:`dsxai.bench.faithfulness.measure_batch_size`).
+    :mod:`dsxai.bench.faithfulness`). steps: K of those curves; span: their fraction axis, ``"image"`` (the D-RISE
+    protocol) or ``"box"`` (each detection's box area, :func:`dsxai.metrics.deletion_insertion`). batch_size:
+    perturbed images per forward (None: measured on the first image,
+    :func:`dsxai.bench.faithfulness.measure_batch_size`).
     tolerance: pointing-game tolerance in pixels; threshold: binarisation threshold of the IoU metrics;
     match_iou: detection-to-object IoU of a pair; conf: detection threshold.
     explain_model: maps from this module (e.g. :func:`randomized_copy`), detections from the adapter's model.
@@ -114,6 +117,7 @@ class BenchConfig:
     arch: str | None = None
     faithfulness: bool = False
     steps: int = 20
+    span: str = "image"
     batch_size: int | None = None
     tolerance: float = 15.0
     threshold: float = 0.5
@@ -157,6 +161,9 @@ class BenchConfig:
                 get_method(base)  # unknown names fail here, before any work
         self.class_map = read_class_map(self.class_map)
         self.faithfulness = bool(self.faithfulness)
+        if self.span not in SPANS:
+            raise BenchError(f"unknown span {self.span!r}; use 'image' (fractions of the image, the D-RISE "
+                             "protocol) or 'box' (fractions of each detection's box)")
 
     def settings(self, categories: list[str], class_map: dict[str, str], device: str) -> dict[str, Any]:
         """The ``config`` section of results.json, given what the run resolved (mapped categories and classes)."""
@@ -165,6 +172,8 @@ class BenchConfig:
                 "images": str(Path(self.images).resolve()), "methods": list(self.methods),
                 "categories": categories, "limit": self.limit, "seed": self.seed,
                 "faithfulness": bool(self.faithfulness), "steps": int(self.steps),
+                # only a box span is recorded, so runs on the image span resume as they were written
+                **({} if self.span == "image" else {"span": self.span}),
                 "tolerance": float(self.tolerance), "threshold": float(self.threshold),
                 "match_iou": float(self.match_iou), "conf": float(self.conf), "class_map": class_map,
                 "extra": {"explain_model": self.explain_model is not None, "device": device, "imgsz": self.imgsz,

@@ -125,7 +125,7 @@ def plan_forwards(setup: BenchSetup, image_ids: Sequence[int]) -> ForwardPlan:
         matched = match_detections(dets.boxes, dets.scores, cats, torch.from_numpy(objs["boxes"]),
                                    objs["categories"], cfg.match_iou)
         pairs[image_id] = len(matched)
-        per_image[image_id] = faithfulness_forwards(len(matched), kinds, cfg.steps)
+        per_image[image_id] = faithfulness_forwards(len(matched), kinds, cfg.steps, cfg.span)
     one = statistics.median(times[1:] or times) if times else 0.0  # the first forward warms up
     return ForwardPlan(per_image, pairs, one, kinds, int(cfg.steps))
 
@@ -200,7 +200,7 @@ def image_faithfulness(setup: BenchSetup, image: np.ndarray, matched: Detections
     batch_size = _batch_size(setup, image, predict, counter)
     t0 = time.perf_counter()
     results = deletion_insertion_batch(predict, image, matched, stack, cfg.steps, batch_size=batch_size,
-                                       on_forward=counter)
+                                       on_forward=counter, span=cfg.span)
     if counter is not None:
         counter.seconds += time.perf_counter() - t0
     return dict(zip(kinds, results))

@@ -50,7 +50,7 @@ def _value(summary: dict[str, Any]) -> str:
 def _head(results: dict[str, Any]) -> list[str]:
     """Title, what was run, and the counts."""
     cfg, c = results["config"], results["counts"]
-    faith = f"on (K={cfg['steps']})" if cfg["faithfulness"] else "off"
+    faith = f"on (K={cfg['steps']}{', box span' if cfg.get('span') == 'box' else ''})" if cfg["faithfulness"] else "off"
     parts = [page_start("dsxai localization benchmark", _CSS),
              f"<p class='note'>model {fmt(cfg['model'])}, methods {fmt(', '.join(cfg['methods']))}, categories "
              f"{fmt(', '.join(cfg['categories'] or []))}; pairs: detections matched to objects at IoU &ge; "

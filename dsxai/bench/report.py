@@ -127,7 +127,7 @@ def write_outputs(out: Path, results: dict[str, Any], records: list[Record],
 def _summary_table(results: dict[str, Any], shown: list[str]) -> list[str]:
     """The head of summary.md: what was run, the counts, and one table row per method and baseline."""
     cfg, c = results["config"], results["counts"]
-    faith = f"on (K={cfg['steps']})" if cfg["faithfulness"] else "off"
+    faith = f"on (K={cfg['steps']}{', box span' if cfg.get('span') == 'box' else ''})" if cfg["faithfulness"] else "off"
     lines = [
         "# Localization benchmark", "",
         f"Model `{cfg['model']}`, annotations `{Path(cfg['annotations']).name}`, categories: "

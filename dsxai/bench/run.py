@@ -27,7 +27,8 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
                   methods: Sequence[str] = DEFAULT_METHODS, limit: int | None = None,
                   categories: Sequence[str] | None = None, class_map: dict[str, str] | str | Path | None = None,
                   seed: int = 0, device: str | None = None, resume: bool = False, imgsz: int | None = None,
-                  arch: str | None = None, faithfulness: bool = False, steps: int = 20, batch_size: int | None = None,
+                  arch: str | None = None, faithfulness: bool = False, steps: int = 20, span: str = "image",
+                  batch_size: int | None = None,
                   tolerance: float = 15.0, threshold: float = 0.5, match_iou: float = 0.5, conf: float = 0.25,
                   explain_model: nn.Module | None = None, gallery: int = 2, progress: bool = True,
                   max_pixels: int | None = None, trust: bool = False, workers: int = 1,
@@ -42,7 +43,7 @@ def run_benchmark(model: Any, annotations: str | Path, images: str | Path, out: 
     """
     cfg = BenchConfig(model, annotations, images, out, methods=methods, limit=limit, categories=categories,
                       class_map=class_map, seed=seed, device=device, resume=resume, imgsz=imgsz, arch=arch,
-                      faithfulness=faithfulness, steps=steps, batch_size=batch_size, tolerance=tolerance,
+                      faithfulness=faithfulness, steps=steps, span=span, batch_size=batch_size, tolerance=tolerance,
                       threshold=threshold, match_iou=match_iou, conf=conf, explain_model=explain_model,
                       gallery=gallery, progress=progress, max_pixels=max_pixels, trust=trust, workers=workers,
                       ray_address=ray_address)

@@ -42,6 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="perturbed images per forward of --faithfulness (default: measured on the first "
                              "image, the fastest per image of 1 and 8, and 32 on a GPU)")
     parser.add_argument("--steps", type=int, default=20, help="K steps of the deletion/insertion curves")
+    parser.add_argument("--span", default="image", choices=("image", "box"),
+                        help="what the curves' K steps divide: the image (default, the D-RISE protocol) or each "
+                             "detection's box (the order inside and around a small object counts)")
     parser.add_argument("--gallery", type=int, default=2, help="best and worst pairs per method to draw (0: none)")
     parser.add_argument("--synthetic", action="store_true",
                         help="generate a shapes-world COCO set (TEST_SEED) in OUT/synthetic and benchmark it "
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_benchmark(
         custom_adapter(args) or model, annotations, images, out, methods=methods, limit=args.limit,
         categories=categories, class_map=args.class_map, seed=args.seed, device=args.device, resume=args.resume,
-        imgsz=args.imgsz, arch=args.arch, faithfulness=args.faithfulness, steps=args.steps,
+        imgsz=args.imgsz, arch=args.arch, faithfulness=args.faithfulness, steps=args.steps, span=args.span,
         batch_size=args.batch_size, conf=args.conf,
         gallery=args.gallery, progress=not args.no_progress, max_pixels=args.max_pixels, trust=trust_checkpoint(args),
         workers=args.workers, ray_address=args.ray_address,
