@@ -371,16 +371,21 @@ def shrink(image: np.ndarray, detections: Detections, maps: Tensor, max_side: in
     Why: a grid of tens of full-size panels of a large photo runs to hundreds of megapixels, and drawing
     at the smaller size keeps its labels readable (shrinking a finished picture shrinks them too).
     """
-    h, w = _check_image(image).shape[:2]
-    factor = max(max_side / max(h, w), min_side / min(h, w))
+    factor = _shrink_factor(_check_image(image).shape[:2], max_side, min_side)
     return rescale(image, detections, maps, factor) if factor < 1 else (image, detections, maps)
 
 
 def shrunk_size(size: tuple[int, int], max_side: int = GRID_PANEL_PX, min_side: int = PANEL_PX) -> tuple[int, int]:
     """The ``(h, w)`` :func:`shrink` gives an image of ``size``."""
     h, w = size
-    factor = max(max_side / max(h, w), min_side / min(h, w))
+    factor = _shrink_factor(size, max_side, min_side)
     return (max(1, int(round(h * factor))), max(1, int(round(w * factor)))) if factor < 1 else (h, w)
+
+
+def _shrink_factor(size: tuple[int, int], max_side: int, min_side: int) -> float:
+    """The scale that brings the longer side to ``max_side`` without the short side under ``min_side``."""
+    h, w = size
+    return max(max_side / max(h, w), min_side / min(h, w))
 
 
 def rescale(image: np.ndarray, detections: Detections, maps: Tensor,

@@ -27,6 +27,13 @@ img.plot,img.gallery{max-width:100%;border:1px solid #ddd}
 Record = dict[str, Any]
 
 
+def faithfulness_label(cfg: dict[str, Any]) -> str:
+    """How a run's ``config`` section says its deletion / insertion setting: "off" or "on (K=20[, box span])"."""
+    if not cfg["faithfulness"]:
+        return "off"
+    return f"on (K={cfg['steps']}{', box span' if cfg.get('span') == 'box' else ''})"
+
+
 def run_timings(records: Iterable[Record]) -> dict[str, dict[str, float]]:
     """Per timed step (a method's explain call): images timed, total and mean seconds per image, read from
     the records' ``seconds`` (resumed images keep the time of the run that made them)."""
@@ -50,7 +57,7 @@ def _value(summary: dict[str, Any]) -> str:
 def _head(results: dict[str, Any]) -> list[str]:
     """Title, what was run, and the counts."""
     cfg, c = results["config"], results["counts"]
-    faith = f"on (K={cfg['steps']}{', box span' if cfg.get('span') == 'box' else ''})" if cfg["faithfulness"] else "off"
+    faith = faithfulness_label(cfg)
     parts = [page_start("dsxai localization benchmark", _CSS),
              f"<p class='note'>model {fmt(cfg['model'])}, methods {fmt(', '.join(cfg['methods']))}, categories "
              f"{fmt(', '.join(cfg['categories'] or []))}; pairs: detections matched to objects at IoU &ge; "

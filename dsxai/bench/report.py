@@ -21,7 +21,7 @@ from ..detections import Detections
 from ..metrics import BASELINES
 from ..runs import write_atomic
 from .config import METRICS, PAIRS, RESULTS, SUMMARY
-from .page import REPORT, report_html, run_timings
+from .page import REPORT, faithfulness_label, report_html, run_timings
 from .per_image import BenchSetup, explain_image
 from .score import bootstrap_ci
 
@@ -127,7 +127,7 @@ def write_outputs(out: Path, results: dict[str, Any], records: list[Record],
 def _summary_table(results: dict[str, Any], shown: list[str]) -> list[str]:
     """The head of summary.md: what was run, the counts, and one table row per method and baseline."""
     cfg, c = results["config"], results["counts"]
-    faith = f"on (K={cfg['steps']}{', box span' if cfg.get('span') == 'box' else ''})" if cfg["faithfulness"] else "off"
+    faith = faithfulness_label(cfg)
     lines = [
         "# Localization benchmark", "",
         f"Model `{cfg['model']}`, annotations `{Path(cfg['annotations']).name}`, categories: "
