@@ -11,7 +11,8 @@ share of pairs where the method's insertion AUC is higher.
     python benchmarks/person_window.py --methods layercam-level+window --oracle      # 146 pairs, ~45 min
     python benchmarks/person_window.py --methods layercam-level+window --limit 8     # a quick screen
 
-Writes ``benchmarks/results/person_window[-limitN][-kK].json`` (per-pair values included).
+Writes ``benchmarks/results/<name>[-limitN][-kK][-box].json`` (``--name``, default ``person_window``; per-pair
+values included).
 """
 from __future__ import annotations
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--span", default="image", choices=SPANS,
                         help="the curves' fraction axis: of the image (the D-RISE protocol) or of each box")
+    parser.add_argument("--name", default="person_window",
+                        help="stem of the results file (another stem keeps earlier runs' files)")
     parser.add_argument("--oracle", action="store_true",
                         help="also score the true COCO mask as a map: what a perfect localizer gets on the curves")
     args = parser.parse_args(argv)
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds[PRIOR] = prior
         score_into(rows, predict, rec, kinds, args.steps, args.span)
     summary = report(rows, len(records), args.steps, time.perf_counter() - t0)
-    write_summary("person_window", args.limit, args.steps,
+    write_summary(args.name, args.limit, args.steps,
                   {"pairs": len(rows[PRIOR]["insertion_auc"]), "images": len(records), "steps": args.steps,
                    "span": args.span, "limit": args.limit, "methods": methods, "maps": summary}, args.span)
     return 0

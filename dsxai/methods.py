@@ -251,6 +251,9 @@ def get_method(name: str | type[BaseCAM]) -> type[BaseCAM]:
     if key not in METHODS:
         hint = ("; 'drise' (black-box, no layers) explains boxes through dsxai.explain, `dsxai explain` and "
                 "`dsxai bench` only" if key == "drise" else "")
+        if key in ("ig", "integratedgradients"):
+            hint = ("; 'ig' (integrated gradients, input pixels, no layers) works in dsxai.explain, "
+                    "`dsxai explain` and `dsxai bench` only")
         if "+window" in key:
             hint = ("; a '+window' name (a per-box window on the maps, dsxai.window) works in dsxai.explain, "
                     "`dsxai explain` and `dsxai bench` only")

@@ -22,6 +22,7 @@ from .drise import DRISE, check_no_layers, drise_maps, is_drise, split_drise_opt
 from .engine import BaseCAM
 from .explanation import Explanation, jsonable
 from .imaging import ImageLike, load_images, read_orientation
+from .integrated import IntegratedGradients, check_no_ig_layers, ig_maps, is_ig, split_ig_options
 from .methods import METHODS, get_method
 from .window import split_window, window_maps
 from .validation import check_conf, check_imgsz, check_max_dets, check_max_pixels, check_non_negative, \
@@ -53,6 +54,8 @@ def explain_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], meth
     Raises ValueError when the target keeps no detections (a target without ``.detections``): a map
     must always say what it explains. ``method="drise"`` (or a :class:`dsxai.drise.DRISE`) runs D-RISE: no
     layers, ``method_options`` are its options (``masks``, ``grid``, ``p``, ``mask_batch``, ``seed``, ...).
+    ``method="ig"`` (or a :class:`dsxai.integrated.IntegratedGradients`) runs integrated gradients from a
+    blurred copy: no layers, ``method_options`` are its options (``steps``, ``smooth``, ``blur``, ...).
     A name ending in ``+window`` weights each map by a window on its box (:mod:`dsxai.window`).
     """
     method, window = split_window(method)
@@ -62,6 +65,9 @@ def explain_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], meth
     if is_drise(method):
         return drise_maps(adapter, adapter.preprocess(images), method, layers, targets, method_options,
                           target_options)
+    if is_ig(method):
+        return ig_maps(adapter, adapter.preprocess(images), method, layers, targets, method_options,
+                       target_options)
     cam = build_method(adapter, method, layers, method_options)
     batch = adapter.preprocess(images)
     limit = adapter.max_batch
@@ -176,6 +182,9 @@ def explain(model_or_adapter: Any, images: ImageLike | Sequence[ImageLike],
     if is_drise(method):  # black box: no layers; its options (masks, seed, ...) are told apart by name
         check_no_layers(layers)
         used_layers, (cam, target_options) = [], split_drise_options(options)
+    elif is_ig(method):  # reads the input: no layers; its options (steps, smooth, ...) are told apart by name
+        check_no_ig_layers(layers)
+        used_layers, (cam, target_options) = [], split_ig_options(options)
     else:
         used_layers = [layers] if isinstance(layers, str) else list(layers or adapter.default_layers)
         cam, target_options = _split_options(adapter, get_method(method), used_layers, options)
@@ -250,7 +259,7 @@ def _detection_options(task: str, conf: float | None, max_dets: int | None,
     return out
 
 
-def _explain_in_chunks(adapter: Adapter, cam: BaseCAM | DRISE, originals: list[np.ndarray], batch_size: int,
+def _explain_in_chunks(adapter: Adapter, cam: BaseCAM | DRISE | IntegratedGradients, originals: list[np.ndarray], batch_size: int,
                        targets: str, target_options: dict[str, Any]) -> tuple[list[Detections], list[Tensor]]:
     """Detections and maps (on the CPU) of every image, ``batch_size`` images per forward/backward."""
     all_dets: list[Detections] = []

@@ -19,6 +19,7 @@ from .detections import Detections
 from .drise import is_drise
 from .engine import BaseCAM
 from .imaging import ImageLike
+from .integrated import IG_OPTIONS, build_ig, check_no_ig_layers, is_ig
 from .layers import preserved_state
 from .methods import get_method
 from .pipeline import MethodSpec, method_option_names
@@ -107,6 +108,11 @@ def randomized_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], m
         raise ValueError(f"targets {targets or adapter.default_targets!r} of {type(adapter).__name__} keep no "
                          "detections, so the randomised maps would explain nothing nameable")
     twin = random_model if random_model is not None else randomized_copy(model, seed)
+    if is_ig(method):
+        check_no_ig_layers(layers)
+        return target.detections, window_maps(
+            target.detections, build_ig(method_options or {}).target_maps(twin, target, batch, adapter.max_batch),
+            window)
     maps = get_method(method)(twin, names, **(method_options or {})).explain(batch.tensor, target).maps
     return target.detections, window_maps(target.detections,
                                           [g.maps_to_original(m) for g, m in zip(batch.geometries, maps)], window)
@@ -161,7 +167,7 @@ def add_sanity(adapter: Adapter, explanation: Any, index: int = 0, seed: int = 0
     if segment and "max_dets" in options:
         options["max_masks"] = options.pop("max_dets")
     given = dict(settings.get("options") or {})
-    takes = method_option_names(get_method(base))
+    takes = set(IG_OPTIONS) if is_ig(base) else method_option_names(get_method(base))
     options.update({k: v for k, v in given.items() if k not in takes})
     corr = sanity_correlations(adapter, explanation.images[index], explanation.detections[index],
                                explanation.maps[index], method, settings.get("layers") or None,

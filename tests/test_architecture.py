@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = {"engine", "methods", "targets", "layers", "metrics", "render", "labels", "colorbar", "detections", "imaging",
-        "boxes", "perturbation", "runs", "validation", "fusion", "drise", "regions"}
+        "boxes", "perturbation", "runs", "validation", "fusion", "drise", "integrated", "regions"}
 #: what the core may not reach: model families' adapters, the zoo, workflows and front ends
 OUTER = ("adapters", "zoo", "auditing", "audit", "bench", "cli", "commands", "explanation", "pipeline", "demo")
 FAMILIES = ("ultralytics", "segmentation_models_pytorch", "onnx2torch", "torchvision.models")

@@ -133,6 +133,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         from ..drise import is_drise
+        from ..integrated import is_ig
         from ..methods import get_method
         from ..window import split_window
 
@@ -153,11 +154,11 @@ class BenchConfig:
                 base, window = split_window(method)
             except ValueError as exc:
                 raise BenchError(str(exc)) from None
-            if self.explain_model is not None and (is_drise(base) or window is not None):
+            if self.explain_model is not None and (is_drise(base) or is_ig(base) or window is not None):
                 raise BenchError(f"{method} is not a plain CAM of a module's layers, so explain_model (maps from "
                                  f"another module) does not apply to it; drop {method} from methods or "
                                  "explain_model")
-            if not is_drise(base):
+            if not (is_drise(base) or is_ig(base)):
                 get_method(base)  # unknown names fail here, before any work
         self.class_map = read_class_map(self.class_map)
         self.faithfulness = bool(self.faithfulness)

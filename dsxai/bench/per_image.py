@@ -17,6 +17,7 @@ from torch import Tensor
 from ..boxes import box_iou
 from ..detections import Detections
 from ..drise import is_drise
+from ..integrated import is_ig
 from ..groundtruth import CocoGroundTruth
 from ..imaging import load_image
 from ..pipeline import explain_maps
@@ -74,7 +75,8 @@ def explain_image(setup: BenchSetup, image: np.ndarray, method: str) -> tuple[De
     adapter, options = setup.adapter, {"conf": setup.cfg.conf, "classes": sorted(setup.class_to_cat)}
     explain_model = setup.cfg.explain_model
     if explain_model is None:
-        quiet = {"progress": False} if is_drise(split_window(method)[0]) else None  # the run's bar counts images
+        base = split_window(method)[0]
+        quiet = {"progress": False} if is_drise(base) or is_ig(base) else None  # the run's bar counts images
         dets, maps = explain_maps(adapter, image, method=method, method_options=quiet, **options)
         return dets[0], maps[0]
     from ..methods import get_method

@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--coco", default=None, help="COCO instances json (annotations)")
     parser.add_argument("--images", default=None, help="folder the json's file_name entries are relative to")
     parser.add_argument("--methods", default="eigencam,gradcam,hirescam,layercam",
-                        help="comma-separated CAM methods, drise, or a method+window (default: %(default)s)")
+                        help="comma-separated CAM methods, drise, ig, or a method+window (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder (report.html, results.json, pairs.csv, ...)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images holding an object")
     parser.add_argument("--categories", default=None, help="comma-separated COCO category names to keep")

@@ -32,13 +32,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "--arch) or a registered name: shapes-yolo, shapes-yolo-seg, shapes-fasterrcnn, shapes-maskrcnn, shapes-unet")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("--method", default=None, help="CAM method (default: layercam); e.g. hirescam, gradcam, "
-                        "eigencam, gradcam++, or drise (black-box D-RISE: random masks, no layers, no gradients); "
+                        "eigencam, gradcam++, drise (black-box D-RISE: random masks, no layers, no gradients) or ig "
+                        "(integrated gradients from a blurred copy: input pixels, no layers); "
                         "append +window (e.g. layercam-level+window) to weight each map by a soft window on its box")
     parser.add_argument("--masks", type=int, default=None, help="D-RISE: random masks per image (default: 1000)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="D-RISE: masked images per forward (default: 32)")
     parser.add_argument("--seed", type=int, default=None, help="D-RISE: seed of the masks (default: 0; same seed, "
                         "same maps)")
+    parser.add_argument("--ig-steps", type=int, default=None,
+                        help="ig: points on the path from the blurred copy to the image (default: 16)")
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: the adapter's; "
                         "`dsxai layers MODEL` lists them)")
     parser.add_argument("--targets", default=None, choices=("boxes", "masks", "classes"),
@@ -115,9 +118,9 @@ def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
     from ..runs import check_output_folder
     from ..window import split_window
 
-    drise = drise_options(args)
+    drise, ig = drise_options(args), ig_options(args)
     base, window = split_window(args.method)
-    method = get_method(base) if base and drise is None else base  # parsed here, once
+    method = get_method(base) if base and drise is None and ig is None else base  # parsed here, once
     if window is not None:
         method = args.method  # explain() reads the window from the name
     colormap_table(args.colormap)
@@ -136,7 +139,7 @@ def prepare(args: argparse.Namespace) -> tuple[Any, list[Path], dict[str, Any]]:
     for path in paths:  # decode each image once up front: an unreadable one stops the run before any output
         load_image(path, args.max_pixels)
     options = dict(method=method, layers=layers, targets=args.targets, conf=args.conf, classes=classes,
-                   max_dets=args.max_dets, max_pixels=args.max_pixels, **(drise or {}))
+                   max_dets=args.max_dets, max_pixels=args.max_pixels, **(drise or {}), **(ig or {}))
     return adapter, paths, options
 
 
@@ -166,6 +169,24 @@ def drise_options(args: argparse.Namespace) -> dict[str, Any] | None:
         raise CommandError(f"--seed must be a whole number >= 0, got {given['--seed']}")
     names = {"--masks": "masks", "--batch-size": "mask_batch", "--seed": "seed"}
     return {names[flag]: value for flag, value in given.items()}
+
+
+def ig_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The options of ``--method ig`` (None for other methods), checked in flag wording."""
+    from ..integrated import is_ig
+    from ..validation import check_positive_int
+    from ..window import split_window
+
+    if not (args.method and is_ig(split_window(args.method)[0])):
+        if args.ig_steps is not None:
+            raise CommandError("--ig-steps applies to --method ig only")
+        return None
+    if args.layers:
+        raise CommandError("--layers does not apply to --method ig (integrated gradients read the input "
+                           "pixels, no layer); leave it out")
+    if args.ig_steps is None:
+        return {}
+    return {"steps": check_positive_int("--ig-steps", args.ig_steps)}
 
 
 def run(args: argparse.Namespace) -> int:
