@@ -161,7 +161,9 @@ def test_cli_explain_with_ig(tmp_path, scenes, capsys):
     out = tmp_path / "out"
     code = main(["explain", "shapes-yolo", str(image), "--method", "ig", "--ig-steps", "3", "--imgsz", "160",
                  "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "layer:" not in printed.out  # no layer is read, so none is named
     saved = json.loads((out / "scene.json").read_text())["settings"]
     assert saved["method"] == "ig" and saved["options"]["steps"] == 3
     assert (out / "scene_det0.png").is_file()

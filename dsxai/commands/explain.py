@@ -189,6 +189,16 @@ def ig_options(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"steps": check_positive_int("--ig-steps", args.ig_steps)}
 
 
+def reads_layers(method: str | None) -> bool:
+    """Whether ``method`` (a CLI name, None for the default) explains through layers: D-RISE and ig do not."""
+    from ..drise import is_drise
+    from ..integrated import is_ig
+    from ..window import split_window
+
+    base = split_window(method)[0] if method else None
+    return not (base and (is_drise(base) or is_ig(base)))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..explanation import DERIVED_SUFFIXES, write_index
     from ..imaging import load_image, read_orientation
@@ -196,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runs import Progress, unique_stems
 
     adapter, paths, options = prepare(args)
-    if options["layers"] is None:  # a default can sit on a poor branch: say which layer, and how to pick another
-        print(layer_note(adapter))
+    if options["layers"] is None and reads_layers(args.method):  # a default can sit on a poor branch: say which
+        print(layer_note(adapter))                                  # layer, and how to pick another
     out = Path(args.out)
     stems = unique_stems(paths, derived=DERIVED_SUFFIXES)
     total, method = 0, args.method
