@@ -259,8 +259,9 @@ def _detection_options(task: str, conf: float | None, max_dets: int | None,
     return out
 
 
-def _explain_in_chunks(adapter: Adapter, cam: BaseCAM | DRISE | IntegratedGradients, originals: list[np.ndarray], batch_size: int,
-                       targets: str, target_options: dict[str, Any]) -> tuple[list[Detections], list[Tensor]]:
+def _explain_in_chunks(adapter: Adapter, cam: BaseCAM | DRISE | IntegratedGradients, originals: list[np.ndarray],
+                       batch_size: int, targets: str, target_options: dict[str, Any]
+                       ) -> tuple[list[Detections], list[Tensor]]:
     """Detections and maps (on the CPU) of every image, ``batch_size`` images per forward/backward."""
     all_dets: list[Detections] = []
     all_maps: list[Tensor] = []

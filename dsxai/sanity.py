@@ -92,7 +92,8 @@ def randomized_maps(adapter: Adapter, images: ImageLike | Sequence[ImageLike], m
     on the twin's output, so row ``k`` explains the same detection as in :func:`dsxai.pipeline.explain_maps`.
     ``layers`` name modules of ``adapter.model`` (default: its ``default_layers``); the twin has the same names.
     A ``+window`` name windows the twin's maps alike (:mod:`dsxai.window`): the shared window raises the
-    correlation, so compare it with the plain method's.
+    correlation, so compare it with the plain method's. ``"ig"`` integrates the twin's gradients on the same
+    path (:mod:`dsxai.integrated`; no layers).
     """
     method, window = split_window(method)
     if isinstance(method, BaseCAM):
