@@ -204,3 +204,11 @@ def test_known_answer_on_other_model_families(name, scenes):
     assert len(dets) >= 4 and maps.shape == (len(dets), *scenes[0].image.shape[:2])
     hits = pointing_game(maps, dets.boxes, tolerance=0).tolist()
     assert sum(hits) >= 0.8 * len(hits), hits  # 8/8, 7/8 and 5/5 when measured
+
+
+def test_an_image_without_detections_gets_no_maps(adapter):
+    import numpy as np
+
+    blank = np.full((96, 128, 3), 114, np.uint8)
+    dets, maps = explain_maps(adapter, [blank], method="ig", method_options=FAST, conf=0.99)
+    assert len(dets[0]) == 0 and maps[0].shape == (0, 96, 128)
